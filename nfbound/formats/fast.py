@@ -1,0 +1,258 @@
+"""Fast rounding engine: compiled (Numba) kernels on the binary64 bit pattern, radix 2.
+
+Rounding a binary64 value ``x`` to ``FLT(p, emin)``: with the integer significand ``M`` and
+``x = M · 2^q`` (``q`` the binary64 quantum of ``x``), the target quantum is
+``2^c`` with ``c = max(mag(x) − p, emin)``; dropping ``d = c − q`` bits of ``M`` and rounding
+the integer quotient in the format's mode gives ``RN(x) = ⌊M / 2^d⌉ · 2^c`` exactly (no
+floating-point operation is involved but the final exact ``ldexp``).
+
+Elementary operations ``a ∘ b`` on format values are computed in binary64 together with an
+exact *residual* ``ρ`` (``a ∘ b = s + ρ`` exactly: TwoSum for ±, Dekker's TwoProduct for ×,
+the remainder ``a − s·b`` for ÷ and ``a − s²`` for √). The kernel rounds ``s`` with the sign of
+``ρ`` as a sticky bit, which is rounding to odd in disguise (Boldo & Melquiond): the result is
+the correct one-step rounding of the exact value for every mode and every ``p ≤ 51``. When the
+format is round-to-nearest with ``p ≤ 25`` the residual is not needed: binary64 double rounding
+is innocuous there (Figueroa 1995; Flocq ``Double_rounding``: ``2p + 2 ≤ 53``).
+
+Preconditions (checked by :func:`fits`): radix 2, ``p ≤ 51`` (or binary64 itself), and a range
+well inside binary64's (``emin ≥ −480`` and largest finite ``≤ 2^480``) so that the residuals are
+exact (no underflow in TwoProduct, no overflow in TwoSum).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
+
+NEAREST_EVEN, NEAREST_AWAY, TOWARD_ZERO, UPWARD, DOWNWARD = 0, 1, 2, 3, 4
+OVF_NONE, OVF_IEEE, OVF_SATURATE, OVF_NAN = 0, 1, 2, 3
+ROUNDING_CODES = {"nearest_even": NEAREST_EVEN, "nearest_away": NEAREST_AWAY,
+                  "toward_zero": TOWARD_ZERO, "upward": UPWARD, "downward": DOWNWARD}
+OVERFLOW_CODES = {"none": OVF_NONE, "ieee": OVF_IEEE, "saturate": OVF_SATURATE, "nan": OVF_NAN}
+
+_SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's splitting constant for binary64
+_jit = numba.njit(cache=True, nogil=True, inline="always")
+
+
+@intrinsic
+def _bits(typingctx, x):
+    """The IEEE 754 bit pattern of a float64 as an int64 (a bitcast, no conversion)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, b):
+    """The float64 whose bit pattern is the int64 ``b``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(types.int64), codegen
+
+
+_ABS = np.int64(0x7FFFFFFFFFFFFFFF)
+_SIGN = np.int64(-0x8000000000000000)
+
+
+@_jit
+def _round_up(qm, below, half_cmp, inexact, negative, rounding):
+    """Whether the truncated magnitude ``qm`` becomes ``qm + 1`` (returns −1 for ``qm − 1``).
+
+    ``half_cmp`` is the sign of (exact remainder − half quantum); ``below`` says the exact
+    magnitude lies just below ``qm`` quanta (remainder 0 with a negative sticky residual).
+    """
+    if not inexact:
+        return 0
+    if rounding == NEAREST_EVEN:
+        if below:
+            return 0
+        return 1 if half_cmp > 0 or (half_cmp == 0 and (qm & 1) == 1) else 0
+    if rounding == NEAREST_AWAY:
+        return 0 if below else (1 if half_cmp >= 0 else 0)
+    away = (rounding == UPWARD and not negative) or (rounding == DOWNWARD and negative)
+    if below:
+        return 0 if away else -1
+    return 1 if away else 0
+
+
+@_jit
+def _overflow(y, negative, max_finite, rounding, overflow):
+    if y > max_finite:
+        if overflow == OVF_IEEE:
+            toward_max = (rounding == TOWARD_ZERO or (rounding == UPWARD and negative)
+                          or (rounding == DOWNWARD and not negative))
+            y = max_finite if toward_max else math.inf
+        elif overflow == OVF_SATURATE:
+            y = max_finite
+        elif overflow == OVF_NAN:
+            return math.nan
+    return -y if negative else y
+
+
+@_jit
+def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
+    """``RN(x + τ)`` where ``τ`` is a real of sign ``sticky`` (−1, 0, +1) smaller than half a
+    binary64 quantum of ``x``, rounded to ``FLT(p, emin)`` in ``rounding``; then overflow.
+
+    Normal binary64 ``x = (2^52 + f)·2^(E−1075)``: with ``mag(x) = E − 1022`` the target quantum
+    exponent is ``c = max(mag − p, emin)`` and ``d = c − (E − 1075)`` bits are dropped. For
+    ``d ≤ 52`` the dropped bits are mantissa bits of the pattern, so rounding the pattern's
+    integer ``⌊bits / 2^d⌉`` and shifting back is exact (a carry into the exponent field is
+    the carry into the next binade).
+    """
+    b = _bits(x)
+    a = b & _ABS
+    E = a >> 52
+    if E != 0 and E != 0x7FF and sticky == 0 and rounding == NEAREST_EVEN:
+        # hot path: normal binary64 input, no residual, ties-to-even
+        d = max(53 - p, emin - (E - 1075))
+        if d <= 0:
+            return x
+        if d <= 52:
+            rem = a & ((np.int64(1) << d) - 1)
+            half = np.int64(1) << (d - 1)
+            qm = a >> d
+            if rem > half or (rem == half and (qm & 1) == 1):
+                qm += 1
+            y = _from_bits(qm << d)
+            if y > max_finite:
+                return _overflow(y, b < 0, max_finite, rounding, overflow)
+            return _from_bits((qm << d) | (b & _SIGN))
+    if E == 0x7FF or a == 0:
+        return x
+    negative = b < 0
+    s = -sticky if negative else sticky   # sign of the residual in the direction of |x|
+    if E == 0:   # binary64 subnormal: the integer significand is the pattern itself
+        q = -1074
+        e = -1074
+        t = a
+        while t > 0:
+            t >>= 1
+            e += 1
+    else:
+        q = E - 1075
+        e = E - 1022
+    d = max(e - p, emin) - q
+    if d <= 0:
+        # the format's quantum is at most binary64's here, so x is representable; a nonzero
+        # residual would need p > 51, which :func:`fits` excludes for operations.
+        return x
+    if d <= 52:
+        rem = a & ((np.int64(1) << d) - 1)
+        half = np.int64(1) << (d - 1)
+        if rem > half:
+            half_cmp = 1
+        elif rem < half:
+            half_cmp = -1
+        else:
+            half_cmp = s
+        qm = a >> d
+        inexact = rem != 0 or s != 0
+        below = rem == 0 and s < 0
+        y = _from_bits((qm + _round_up(qm, below, half_cmp, inexact, negative, rounding)) << d)
+        return _overflow(y, negative, max_finite, rounding, overflow)
+    # d ≥ 53: |x| < 2^c, the result is 0 or 2^c with c = q + d
+    if d == 53 and E != 0:   # |x| ∈ [2^c/2, 2^c): compare with the half quantum 2^(c−1)
+        half_cmp = 1 if (a & ((np.int64(1) << 52) - 1)) != 0 else s
+    else:                    # |x| < 2^(c−1)
+        half_cmp = -1
+    up = _round_up(np.int64(0), False, half_cmp, True, negative, rounding)
+    y = math.ldexp(1.0, q + d) if up > 0 else 0.0
+    return _overflow(y, negative, max_finite, rounding, overflow)
+
+
+@_jit
+def two_sum(a, b):
+    """Knuth's TwoSum: ``s = fl(a + b)`` and ``ρ`` with ``a + b = s + ρ`` exactly."""
+    s = a + b
+    bb = s - a
+    rho = (a - (s - bb)) + (b - bb)
+    return s, rho
+
+
+@_jit
+def _split(a):
+    t = _SPLITTER * a
+    hi = t - (t - a)
+    return hi, a - hi
+
+
+@_jit
+def two_product(a, b):
+    """Dekker's TwoProduct: ``p = fl(a·b)`` and ``ρ`` with ``a·b = p + ρ`` exactly
+    (no overflow, no underflow)."""
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    rho = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, rho
+
+
+@_jit
+def _sgn(v):
+    return (v > 0.0) - (v < 0.0)
+
+
+@_jit
+def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
+    """One elementary operation (0 add, 1 sub, 2 mul, 3 div, 4 sqrt of ``a``) rounded once.
+
+    ``simple`` is true when binary64 double rounding is innocuous (nearest, p ≤ 25) or the
+    format is binary64 itself; otherwise the exact residual's sign is the sticky bit.
+    """
+    if op == 1:
+        b = -b
+        op = 0
+    if op == 0:
+        s = a + b
+        if simple or not math.isfinite(s):
+            return round_scalar(s, 0, p, emin, max_finite, rounding, overflow)
+        s, rho = two_sum(a, b)
+        return round_scalar(s, _sgn(rho), p, emin, max_finite, rounding, overflow)
+    if op == 2:
+        s = a * b
+        if simple or not math.isfinite(s) or s == 0.0:
+            return round_scalar(s, 0, p, emin, max_finite, rounding, overflow)
+        s, rho = two_product(a, b)
+        return round_scalar(s, _sgn(rho), p, emin, max_finite, rounding, overflow)
+    if op == 3:
+        s = a / b
+        if simple or not math.isfinite(s) or s == 0.0:
+            return round_scalar(s, 0, p, emin, max_finite, rounding, overflow)
+        # a/b − s = (a − s·b)/b; a − s·b is exact from TwoProduct and Sterbenz
+        ph, pl = two_product(s, b)
+        rem = (a - ph) - pl
+        return round_scalar(s, _sgn(rem) * _sgn(b), p, emin, max_finite, rounding, overflow)
+    s = math.sqrt(a) if a >= 0.0 else math.nan
+    if simple or not math.isfinite(s) or s == 0.0:
+        return round_scalar(s, 0, p, emin, max_finite, rounding, overflow)
+    ph, pl = two_product(s, s)
+    rem = (a - ph) - pl      # √a − s has the sign of a − s²
+    return round_scalar(s, _sgn(rem), p, emin, max_finite, rounding, overflow)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def round_array(x, p, emin, max_finite, rounding, overflow):
+    """Elementwise :func:`round_scalar` over a contiguous float64 array."""
+    flat = x.ravel()
+    out = np.empty_like(flat)
+    for i in numba.prange(flat.size):
+        out[i] = round_scalar(flat[i], 0, p, emin, max_finite, rounding, overflow)
+    return out.reshape(x.shape)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def op_array(op, a, b, p, emin, max_finite, rounding, overflow, simple):
+    """Elementwise :func:`op_scalar` over two same-shape contiguous float64 arrays."""
+    fa = a.ravel()
+    fb = b.ravel()
+    out = np.empty_like(fa)
+    for i in numba.prange(fa.size):
+        out[i] = op_scalar(op, fa[i], fb[i], p, emin, max_finite, rounding, overflow, simple)
+    return out.reshape(a.shape)
+
+
+OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "sqrt": 4}

@@ -1,0 +1,366 @@
+"""``Format``: a number format ``NF(β, fexp, rounding)`` with an overflow rule.
+
+Runtime values of a format that fits binary64 (radix 2, ``p ≤ 53``, range inside binary64's)
+are held as float64 arrays; values of any other format as object arrays of exact rationals
+(``gmpy2.mpq``, with ``±inf``/``nan`` as Python floats after overflow).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+from gmpy2 import mpq
+
+from . import fast, reference
+from .exponent import FIX, FLT, FLX, ExponentFunction, _check_int
+
+ROUNDINGS = ("nearest_even", "nearest_away", "toward_zero", "upward", "downward")
+OVERFLOWS = ("none", "ieee", "saturate", "nan")
+_DBL_MAX = mpq(float(np.finfo(np.float64).max))
+_FAST_OPS_RANGE = 480
+
+
+@dataclass(frozen=True)
+class Format:
+    """``NF(radix, fexp, rounding)`` plus an overflow rule (Flocq generic format).
+
+    ``max_finite`` is the largest finite magnitude (exact; ``None`` for no overflow threshold).
+    ``overflow`` says what a result whose rounding exceeds it becomes: ``"ieee"`` (±inf for the
+    nearest modes, ±max or ±inf by direction for directed modes, IEEE 754 §7.4),
+    ``"saturate"`` (±max), ``"nan"`` (fp8 e4m3fn, OCP), or ``"none"``.
+    """
+
+    radix: int
+    fexp: ExponentFunction
+    rounding: str = "nearest_even"
+    overflow: str = "none"
+    max_finite: object = None
+    name: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_int("radix", self.radix, minimum=2)
+        if not isinstance(self.fexp, ExponentFunction):
+            raise ValueError(f"fexp must be an ExponentFunction (FLX, FLT, FIX or custom), got {self.fexp!r}")
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.overflow not in OVERFLOWS:
+            raise ValueError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+        if self.max_finite is not None:
+            M = reference.to_exact(self.max_finite)
+            if not isinstance(M, type(mpq(0))) or M <= 0:
+                raise ValueError(f"max_finite must be a positive finite number, got {self.max_finite!r}")
+            if reference.round_rational(M, _unbounded(self)) != M:
+                raise ValueError(f"max_finite={self.max_finite} is not representable in the format")
+            object.__setattr__(self, "max_finite", M)
+        elif self.overflow != "none":
+            raise ValueError(f"overflow={self.overflow!r} needs max_finite")
+
+    # -- constructors -----------------------------------------------------------------------
+    @classmethod
+    def flt(cls, radix: int = 2, precision: int = 24, emin: int = -149, emax: int | None = None,
+            rounding: str = "nearest_even", overflow: str | None = None,
+            max_finite: object = None, name: str | None = None) -> "Format":
+        """``FLT(p, emin)``: ``β^emin`` is the smallest subnormal; with ``emax``, values are
+        below ``β^emax`` and the largest finite is ``(β^p − 1)·β^(emax − p)``."""
+        _check_int("radix", radix, minimum=2)
+        if emax is not None:
+            _check_int("emax", emax)
+            if emax - precision < emin:
+                raise ValueError(f"emax={emax} must be ≥ emin + precision = {emin + precision}")
+            if max_finite is None:
+                max_finite = (mpq(radix) ** precision - 1) * mpq(radix) ** (emax - precision)
+        if overflow is None:
+            overflow = "ieee" if max_finite is not None else "none"
+        return cls(radix, FLT(precision, emin), rounding, overflow, max_finite, name)
+
+    @classmethod
+    def flx(cls, radix: int = 2, precision: int = 24, rounding: str = "nearest_even",
+            name: str | None = None) -> "Format":
+        """``FLX(p)``: precision ``p``, unbounded exponent range, no overflow."""
+        return cls(radix, FLX(precision), rounding, "none", None, name)
+
+    @classmethod
+    def fix(cls, radix: int = 2, emin: int = -8, rounding: str = "nearest_even",
+            max_finite: object = None, overflow: str | None = None,
+            name: str | None = None) -> "Format":
+        """``FIX(emin)``: fixed point with quantum ``β^emin``."""
+        if overflow is None:
+            overflow = "ieee" if max_finite is not None else "none"
+        return cls(radix, FIX(emin), rounding, overflow, max_finite, name)
+
+    # -- constants --------------------------------------------------------------------------
+    @property
+    def precision(self) -> int | None:
+        """Digits ``p`` of the significand in the normal range (``None`` for fixed point)."""
+        return self.fexp.precision
+
+    @property
+    def emin(self) -> int | None:
+        """Smallest canonical exponent: ``β^emin`` is the smallest positive value."""
+        return self.fexp.emin
+
+    @property
+    def is_nearest(self) -> bool:
+        return self.rounding.startswith("nearest")
+
+    @cached_property
+    def unit_roundoff_exact(self) -> mpq | None:
+        """``u = β^(1−p)/2`` for the nearest modes, ``β^(1−p)`` for directed ones
+        (``|RN(z) − z| ≤ u·|z|`` in the normal range); ``None`` for fixed point."""
+        if self.precision is None:
+            return None
+        u = mpq(self.radix) ** (1 - self.precision)
+        return u / 2 if self.is_nearest else u
+
+    @cached_property
+    def eta_exact(self) -> mpq:
+        """Underflow term ``η = β^emin/2`` (nearest) or ``β^emin`` (directed): the absolute
+        error of rounding in the subnormal range (0 for FLX)."""
+        if self.emin is None:
+            return mpq(0)
+        e = mpq(self.radix) ** self.emin
+        return e / 2 if self.is_nearest else e
+
+    @property
+    def u(self) -> float:
+        """Unit roundoff as a float64 rounded upward (``≥`` the exact ``u``)."""
+        return _float_up(self.unit_roundoff_exact) if self.unit_roundoff_exact is not None else math.nan
+
+    unit_roundoff = u
+
+    @property
+    def eta(self) -> float:
+        """``η`` as a float64 rounded upward."""
+        return _float_up(self.eta_exact)
+
+    @cached_property
+    def smallest_subnormal(self) -> mpq | None:
+        return None if self.emin is None else mpq(self.radix) ** self.emin
+
+    @cached_property
+    def smallest_normal(self) -> mpq | None:
+        """``β^(emin + p − 1)``: the smallest value with a full ``p``-digit significand."""
+        if self.emin is None or self.precision is None:
+            return None
+        return mpq(self.radix) ** (self.emin + self.precision - 1)
+
+    @property
+    def largest_finite(self) -> mpq | None:
+        return self.max_finite
+
+    max_finite_exact = largest_finite
+
+    # -- engines ----------------------------------------------------------------------------
+    @cached_property
+    def fits_binary64(self) -> bool:
+        """Every value of the format is a binary64 value (so runtimes are float64 arrays)."""
+        if not (self.radix == 2 and self.fexp.kind in ("FLT", "FIX") and self.emin >= -1074
+                and self.max_finite is not None and self.max_finite <= _DBL_MAX):
+            return False
+        if self.fexp.kind == "FIX":  # m·2^emin with |m| < 2^53
+            return self.max_finite < mpq(2) ** (self.emin + 53)
+        return self.precision <= 53
+
+    @cached_property
+    def is_binary64(self) -> bool:
+        return (self.radix == 2 and self.fexp.kind == "FLT" and self.precision == 53
+                and self.emin == -1074 and self.max_finite == _DBL_MAX
+                and self.rounding == "nearest_even" and self.overflow == "ieee")
+
+    @cached_property
+    def fast_ops(self) -> bool:
+        """Whether the compiled engine computes ``+ − × ÷ √`` exactly rounded (see ``fast``)."""
+        if self.is_binary64:
+            return True
+        return (self.fits_binary64 and self.fexp.kind == "FLT" and self.precision <= 51
+                and self.emin >= -_FAST_OPS_RANGE and self.max_finite <= mpq(2) ** _FAST_OPS_RANGE)
+
+    @cached_property
+    def kernel_params(self) -> tuple:
+        """``(p, emin, max_finite, rounding, overflow, simple)`` for the compiled kernels."""
+        if not self.fits_binary64:
+            raise ValueError(f"format {self} does not fit binary64: no compiled kernels")
+        p = self.precision if self.precision is not None else 10**6
+        mx = float(self.max_finite) if self.overflow != "none" else math.inf
+        simple = self.is_binary64 or (self.is_nearest and p <= 25)
+        return (p, self.emin, mx, fast.ROUNDING_CODES[self.rounding],
+                fast.OVERFLOW_CODES[self.overflow], simple)
+
+    # -- rounding ---------------------------------------------------------------------------
+    def round(self, x) -> np.ndarray:
+        """Round every element of ``x`` once to the format.
+
+        float64 in, float64 out for formats that fit binary64 (compiled engine); otherwise an
+        object array of exact ``mpq`` values (reference engine). NaN stays NaN and ±inf stays
+        ±inf (then the overflow rule applies, as for any value beyond the largest finite).
+        """
+        if self.fits_binary64 and not _is_object(x):
+            a = np.ascontiguousarray(x, dtype=np.float64)
+            p, emin, mx, rnd, ovf, _ = self.kernel_params
+            out = fast.round_array(a, p, emin, mx, rnd, ovf)
+            if self.overflow == "nan":
+                out[np.isinf(a)] = np.nan
+            elif self.overflow == "saturate":
+                out = np.where(np.isinf(a), np.copysign(mx, a), out)
+            return out
+        out = _map(lambda v: _round_exact_value(v, self), x)
+        return _to_float_array(out) if self.fits_binary64 else out
+
+    def _op(self, name: str, a, b=None):
+        if self.fits_binary64 and not _is_object(a) and (b is None or not _is_object(b)):
+            if self.fast_ops:
+                a = np.asarray(a, dtype=np.float64)
+                b = a if b is None else np.asarray(b, dtype=np.float64)
+                a, b = np.broadcast_arrays(a, b)
+                a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+                with np.errstate(all="ignore"):
+                    return fast.op_array(fast.OPS[name], a, b, *self.kernel_params)
+            out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
+                                                     None if t is None else reference.to_exact(t)),
+                        a, b)
+            return _to_float_array(out)
+        return _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
+                                                  None if t is None else reference.to_exact(t)),
+                     a, b)
+
+    def add(self, a, b):
+        """``RN(a + b)`` elementwise (one rounding of the exact sum)."""
+        return self._op("add", a, b)
+
+    def sub(self, a, b):
+        """``RN(a − b)`` elementwise."""
+        return self._op("sub", a, b)
+
+    def mul(self, a, b):
+        """``RN(a · b)`` elementwise."""
+        return self._op("mul", a, b)
+
+    def div(self, a, b):
+        """``RN(a / b)`` elementwise (``x/0`` follows IEEE: ±inf, ``0/0`` is NaN)."""
+        return self._op("div", a, b)
+
+    def sqrt(self, a):
+        """``RN(√a)`` elementwise (NaN for ``a < 0``)."""
+        return self._op("sqrt", a)
+
+    # -- the grid -----------------------------------------------------------------------------
+    def mag(self, x) -> np.ndarray:
+        """``mag(x) = e`` with ``β^(e−1) ≤ |x| < β^e`` (int64; 0 where x = 0)."""
+        if self.radix == 2 and not _is_object(x):
+            a = np.asarray(x, dtype=np.float64)
+            return np.where(a == 0, 0, np.frexp(a)[1]).astype(np.int64)
+        return _map(lambda v: 0 if v == 0 else reference.mag(reference.to_exact(v), self.radix),
+                    x).astype(np.int64)
+
+    def cexp(self, x) -> np.ndarray:
+        """Canonical exponent ``fexp(mag(x))``; for ``x = 0``, ``emin`` (the finest quantum)."""
+        m = self.mag(x)
+        xs = np.asarray(x)
+        if self.fexp.kind == "FLT":
+            c = np.maximum(m - self.precision, self.emin)
+        elif self.fexp.kind == "FIX":
+            c = np.full_like(m, self.emin)
+        else:
+            c = np.vectorize(self.fexp, otypes=[np.int64])(m)
+        if self.emin is not None:
+            c = np.where(xs == 0, self.emin, c)
+        return c
+
+    def ulp(self, x) -> np.ndarray:
+        """``ulp(x) = β^cexp(x)`` (``β^emin`` at 0): float64 for radix-2 formats fitting
+        binary64, exact otherwise."""
+        c = self.cexp(x)
+        if self.fits_binary64:
+            return np.ldexp(1.0, c)
+        return _map(lambda e: mpq(self.radix) ** int(e), c)
+
+    def is_representable(self, x) -> np.ndarray:
+        """Whether each element is a value of the format (finite, on the grid, within range)."""
+        def one(v):
+            e = reference.to_exact(v)
+            if isinstance(e, float):
+                return False
+            return e == 0 or (reference.round_rational(e, _unbounded(self)) == e
+                              and (self.max_finite is None or abs(e) <= self.max_finite))
+        if self.fits_binary64 and not _is_object(x):
+            a = np.asarray(x, dtype=np.float64)
+            p, emin, mx, _, _, _ = self.kernel_params
+            with np.errstate(invalid="ignore"):
+                r = fast.round_array(np.ascontiguousarray(a), p, emin, np.inf, 2, 0)
+                return np.isfinite(a) & (r == a) & (np.abs(a) <= float(self.max_finite))
+        return _map(one, x).astype(bool)
+
+    # -- presentation ---------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.name or self.spec
+
+    @property
+    def spec(self) -> str:
+        """The format as a spec string that :func:`nfbound.formats.parse` reads back."""
+        parts = [f"radix={self.radix}"]
+        if self.precision is not None:
+            parts.append(f"p={self.precision}")
+        if self.emin is not None and self.fexp.kind != "custom":
+            parts.append(f"emin={self.emin}")
+        if self.max_finite is not None:
+            parts.append(f"max={_rational_str(self.max_finite)}")
+        parts += [f"rounding={self.rounding}", f"overflow={self.overflow}"]
+        return f"{self.fexp.kind.lower()}:" + ",".join(parts)
+
+
+def _unbounded(fmt: Format) -> Format:
+    """The same format without an overflow threshold (for representability checks)."""
+    return Format(fmt.radix, fmt.fexp, fmt.rounding, "none", None)
+
+
+def _round_exact_value(v, fmt: Format):
+    e = reference.to_exact(v)
+    if isinstance(e, float):  # nan or ±inf
+        if math.isnan(e) or fmt.overflow == "nan":
+            return math.nan
+        if fmt.overflow == "saturate":
+            return math.copysign(1, e) * fmt.max_finite
+        return e
+    return reference.round_rational(e, fmt)
+
+
+def _is_object(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == object
+
+
+def _map(f: Callable, x) -> np.ndarray:
+    a = np.asarray(x, dtype=object) if not isinstance(x, np.ndarray) else x
+    out = np.empty(a.shape, dtype=object)
+    flat_in, flat_out = a.reshape(-1), out.reshape(-1)
+    for i in range(flat_in.size):
+        flat_out[i] = f(flat_in[i])
+    return out
+
+
+def _map2(f: Callable, a, b) -> np.ndarray:
+    if b is None:
+        return _map(lambda v: f(v, None), a)
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+    out = np.empty(a.shape, dtype=object)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    for i in range(fa.size):
+        fo[i] = f(fa[i], fb[i])
+    return out
+
+
+def _to_float_array(x: np.ndarray) -> np.ndarray:
+    """Exact values that are binary64 values, as float64 (exact conversion)."""
+    return np.array([float(v) for v in x.reshape(-1)], dtype=np.float64).reshape(x.shape)
+
+
+def _float_up(q: mpq) -> float:
+    """The smallest float64 ``≥ q``."""
+    f = float(q)
+    return f if mpq(f) >= q else float(np.nextafter(f, math.inf))
+
+
+def _rational_str(q: mpq) -> str:
+    return str(q.numerator) if q.denominator == 1 else f"{q.numerator}/{q.denominator}"

@@ -1,0 +1,185 @@
+"""Reference rounding engine: exact, any radix, any valid exponent function.
+
+Values are ``gmpy2.mpq`` rationals; the rounding of a rational ``x`` is computed with integer
+arithmetic only (Flocq ``round``): ``RN(x) = rnd(x · β^(−cexp x)) · β^(cexp x)`` where ``rnd``
+rounds the scaled mantissa to an integer in the format's mode. Results that overflow the
+format are returned as the Python floats ``±inf`` or ``nan`` (or saturate), per the format's
+overflow rule. This engine is slow (microseconds per value) and is the judge of the fast one.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import gmpy2
+from gmpy2 import mpq, mpz
+
+if TYPE_CHECKING:
+    from .format import Format
+
+Exact = "mpq | float"  # a runtime scalar: an exact rational, or ±inf / nan after overflow
+
+
+def mag(x: mpq, radix: int) -> int:
+    """``mag(x) = e`` with ``β^(e−1) ≤ |x| < β^e`` (x ≠ 0), by exact comparison."""
+    a = abs(x)
+    n, d = a.numerator, a.denominator
+    e = int(math.floor((gmpy2.bit_length(n) - gmpy2.bit_length(d)) * math.log(2) / math.log(radix))) + 1
+    b = mpq(radix)
+    while b ** (e - 1) > a:
+        e -= 1
+    while b ** e <= a:
+        e += 1
+    return e
+
+
+def round_scaled(q: int, half_cmp: int, inexact: bool, negative: bool, rounding: str) -> int:
+    """Round a nonnegative scaled mantissa ``m`` (with ``q = ⌊m⌋``) to an integer.
+
+    ``half_cmp`` is the sign of ``(m − q) − 1/2``; ``inexact`` tells ``m ≠ q``;
+    ``negative`` is the sign of the value being rounded (directed modes depend on it).
+    """
+    if not inexact:
+        return q
+    if rounding == "nearest_even":
+        return q + 1 if half_cmp > 0 or (half_cmp == 0 and q % 2 == 1) else q
+    if rounding == "nearest_away":
+        return q + 1 if half_cmp >= 0 else q
+    if rounding == "toward_zero":
+        return q
+    if rounding == "upward":
+        return q if negative else q + 1
+    if rounding == "downward":
+        return q + 1 if negative else q
+    raise ValueError(f"unknown rounding mode {rounding!r}")
+
+
+def round_rational(x: mpq, fmt: "Format") -> Exact:
+    """The exact rounding of the rational ``x`` to ``fmt`` (one rounding, then overflow)."""
+    if x == 0:
+        return mpq(0)
+    beta = fmt.radix
+    negative = x < 0
+    a = abs(x)
+    c = fmt.fexp(mag(a, beta))
+    scaled = a / mpq(beta) ** c
+    q = int(gmpy2.f_div(scaled.numerator, scaled.denominator))
+    frac = scaled - q
+    m = round_scaled(q, _sign(frac - mpq(1, 2)), frac != 0, negative, fmt.rounding)
+    return fmt_overflow(mpq(m) * mpq(beta) ** c, negative, fmt)
+
+
+def round_sqrt(x: mpq, fmt: "Format") -> Exact:
+    """The exact rounding of ``√x`` (x ≥ 0 rational) to ``fmt``; ``nan`` for x < 0.
+
+    With ``c = cexp(√x)`` and ``s = x · β^(−2c)``: ``⌊√s⌋ = isqrt(⌊s⌋)``, and
+    ``√s`` vs ``q + 1/2`` is decided by ``s`` vs ``(q + 1/2)²``, all exactly.
+    """
+    if x < 0:
+        return math.nan
+    if x == 0:
+        return mpq(0)
+    beta = fmt.radix
+    b = mpq(beta)
+    # mag(√x) = e  iff  β^(2e−2) ≤ x < β^(2e)
+    e = (mag(x, beta) + 1) // 2
+    while b ** (2 * e - 2) > x:
+        e -= 1
+    while b ** (2 * e) <= x:
+        e += 1
+    c = fmt.fexp(e)
+    s = x / b ** (2 * c)
+    q = int(gmpy2.isqrt(gmpy2.f_div(s.numerator, s.denominator)))
+    half = (mpq(q) + mpq(1, 2)) ** 2
+    m = round_scaled(q, _sign(s - half), s != q * q, False, fmt.rounding)
+    return fmt_overflow(mpq(m) * b ** c, False, fmt)
+
+
+def fmt_overflow(r: mpq, negative: bool, fmt: "Format") -> Exact:
+    """Apply the format's overflow rule to the magnitude-rounded ``r = |RN(x)|``.
+
+    IEEE 754 §7.4: overflow iff the result rounded with unbounded exponent exceeds the largest
+    finite value; nearest modes give ±inf, directed modes give ±max or ±inf by direction.
+    """
+    M = fmt.max_finite_exact
+    if M is None or r <= M:
+        return -r if negative else r
+    rule = fmt.overflow
+    if rule == "saturate":
+        out: Exact = M
+    elif rule == "nan":
+        return math.nan
+    elif rule == "ieee":
+        toward_max = (fmt.rounding == "toward_zero"
+                      or (fmt.rounding == "upward" and negative)
+                      or (fmt.rounding == "downward" and not negative))
+        out = M if toward_max else math.inf
+    else:  # "none": no overflow threshold
+        out = r
+    return -out if negative else out
+
+
+def _sign(q: mpq) -> int:
+    return (q > 0) - (q < 0)
+
+
+def to_exact(x: object) -> Exact:
+    """A finite float/int/rational as an exact ``mpq``; ``±inf``/``nan`` stay Python floats."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return x
+    if isinstance(x, (float, int)) or type(x) is type(mpz(0)) or type(x) is type(mpq(0)):
+        return mpq(x)
+    if hasattr(x, "item"):
+        return to_exact(x.item())
+    return mpq(x)
+
+
+def apply(op: str, fmt: "Format", a: Exact, b: Exact | None = None) -> Exact:
+    """One elementary operation on runtime values, rounded once: ``RN(a op b)``.
+
+    Non-finite operands follow IEEE 754 (computed in binary64, whose special-value rules are
+    the same); finite operands are combined exactly and rounded by :func:`round_rational`.
+    """
+    if not _finite(a) or (b is not None and not _finite(b)):
+        fa, fb = _proxy(a), (None if b is None else _proxy(b))
+        with _np_quiet():
+            import numpy as np
+            r = {"add": lambda: np.float64(fa) + fb, "sub": lambda: np.float64(fa) - fb,
+                 "mul": lambda: np.float64(fa) * fb, "div": lambda: np.float64(fa) / fb,
+                 "sqrt": lambda: np.sqrt(np.float64(fa))}[op]()
+        return float(r) if not math.isfinite(r) else mpq(0) if r == 0 else mpq(float(r))
+    if op == "add":
+        return round_rational(a + b, fmt)
+    if op == "sub":
+        return round_rational(a - b, fmt)
+    if op == "mul":
+        return round_rational(a * b, fmt)
+    if op == "div":
+        if b == 0:
+            return math.nan if a == 0 else (math.inf if a > 0 else -math.inf)
+        return round_rational(a / b, fmt)
+    if op == "sqrt":
+        return round_sqrt(a, fmt)
+    raise ValueError(f"unknown elementary operation {op!r}")
+
+
+def _proxy(v: Exact) -> float:
+    """A binary64 stand-in with the same IEEE special-value behaviour: the value itself when
+    non-finite, else its sign (only zero-ness and sign matter next to an inf or nan)."""
+    if isinstance(v, float):
+        return v
+    return float((v > 0) - (v < 0))
+
+
+def _finite(v: Exact) -> bool:
+    return not (isinstance(v, float) and not math.isfinite(v))
+
+
+class _np_quiet:
+    def __enter__(self):
+        import numpy as np
+        self._old = np.seterr(all="ignore")
+
+    def __exit__(self, *exc):
+        import numpy as np
+        np.seterr(**self._old)
