@@ -55,6 +55,7 @@ def _from_bits(typingctx, b):
 
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
 _SIGN = np.int64(-0x8000000000000000)
+_MANT = np.int64(0x000FFFFFFFFFFFFF)
 
 
 @_jit
@@ -152,7 +153,19 @@ def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
         qm = a >> d
         inexact = rem != 0 or s != 0
         below = rem == 0 and s < 0
-        y = _from_bits((qm + _round_up(qm, below, half_cmp, inexact, negative, rounding)) << d)
+        up = _round_up(qm, below, half_cmp, inexact, negative, rounding)
+        if up >= 0:
+            y = _from_bits((qm + up) << d)
+        else:
+            # |x| = qm·2^c is a format value and the exact magnitude lies just below it: the
+            # result is its predecessor |x| − 2^c', where c' is the quantum of the binade below
+            # when |x| is a power of two (c' = max(mag(x) − 1 − p, emin), which is c itself in
+            # the format's subnormal range), else c. Both terms are binary64 values: exact.
+            pow2 = (a & (a - 1)) == 0 if E == 0 else (a & _MANT) == 0
+            c = q + d
+            if pow2:
+                c = max(e - 1 - p, emin)
+            y = _from_bits(a) - math.ldexp(1.0, c)
         return _overflow(y, negative, max_finite, rounding, overflow)
     # d ≥ 53: |x| < 2^c, the result is 0 or 2^c with c = q + d
     if d == 53 and E != 0:   # |x| ∈ [2^c/2, 2^c): compare with the half quantum 2^(c−1)
@@ -208,6 +221,10 @@ def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
         op = 0
     if op == 0:
         s = a + b
+        if s == 0.0 and rounding == DOWNWARD and (_bits(a) | _bits(b)) != 0:
+            # IEEE 754 §6.3: an exact zero sum is −0 under roundTowardNegative (unless both
+            # operands are +0); binary64 evaluated the sum to nearest, which gives +0.
+            return -0.0
         if simple or not math.isfinite(s):
             return round_scalar(s, 0, p, emin, max_finite, rounding, overflow)
         s, rho = two_sum(a, b)

@@ -1,0 +1,57 @@
+"""The local rounding term of one elementary operation.
+
+For an operation whose exact result on runtime operands is ``z`` and whose runtime result is
+``ẑ = round(z)``:
+
+* nearest modes: ``|ẑ − z| ≤ ulp(z)/2 ≤ ulp(ẑ)/2`` (Flocq ``error_le_half_ulp``; ``ulp`` is
+  monotone in ``|·|`` and rounding to nearest never leaves the binade downward past a power
+  of β, which is representable), with ``ulp(0) = β^emin`` so ``ẑ = 0`` charges ``η = β^emin/2``;
+* directed modes: ``|ẑ − z| < ulp(z) ≤ ulp(ẑ)``;
+* overflow: ``ẑ = ±inf`` or NaN charges ``inf``; so does a saturated ``|ẑ| = max_finite``
+  (saturation, or IEEE directed rounding toward the largest finite), since ``z`` may be
+  arbitrarily large.
+
+The term is computed from ``ẑ`` alone, so no exact ``z`` is needed; where the caller knows the
+operation was exact (an operand 0, …) it passes ``exact`` and the term is 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..formats import Format
+from .upward import exact_array_up
+
+
+def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
+    """Elementwise upper bound (float64) of ``|out − z|`` where ``out = round(z)`` in ``fmt``."""
+    a = np.asarray(out)
+    if fmt.fits_binary64 and a.dtype != object:
+        a = a.astype(np.float64, copy=False)
+        finite = np.isfinite(a)
+        ulp = fmt.ulp(np.where(finite, a, 0.0))
+        h = ulp * 0.5 if fmt.is_nearest else ulp
+        if fmt.fexp.kind == "FLX":
+            h = np.where(a == 0, 0.0, h)
+        h = np.where(finite, h, np.inf)
+    else:
+        flat = a.reshape(-1)
+        finite = np.array([not (isinstance(v, float) and not np.isfinite(v)) for v in flat], dtype=bool)
+        safe = np.array([v if f else 0 for v, f in zip(flat, finite)], dtype=object)
+        ulp = fmt.ulp(safe)
+        h = exact_array_up(ulp / 2 if fmt.is_nearest else ulp)
+        h = np.where(finite, h, np.inf).reshape(a.shape)
+        finite = finite.reshape(a.shape)
+    if fmt.max_finite is not None and _saturates(fmt):
+        mx = float(fmt.max_finite) if fmt.fits_binary64 else None
+        at_max = (np.abs(a) == mx) if mx is not None else np.vectorize(
+            lambda v: not isinstance(v, float) and abs(v) == fmt.max_finite, otypes=[bool])(a)
+        h = np.where(at_max, np.inf, h)
+    if exact is not None:
+        h = np.where(exact, 0.0, h)
+    return np.asarray(h, dtype=np.float64)
+
+
+def _saturates(fmt: Format) -> bool:
+    """Whether an overflowing result can come out as ``±max_finite`` (so ``|ẑ| = max`` does
+    not bound ``|z|``)."""
+    return fmt.overflow == "saturate" or (fmt.overflow == "ieee" and not fmt.is_nearest)

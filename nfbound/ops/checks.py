@@ -1,0 +1,36 @@
+"""Argument checks shared by the ops: clear ``ValueError``s that name the argument."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def finite(name: str, x) -> np.ndarray:
+    """``x`` as an array; raises if it holds NaN or ±inf (object arrays: non-rational entries)."""
+    a = np.asarray(x)
+    if a.dtype == object:
+        bad = [v for v in a.reshape(-1) if isinstance(v, float) and not np.isfinite(v)]
+        if bad:
+            raise ValueError(f"{name} contains non-finite values ({bad[0]!r})")
+        return a
+    a = np.asarray(a, dtype=np.float64) if a.dtype.kind in "biuf" else a
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def same_shape(names: tuple[str, str], a, b) -> None:
+    """Elementwise binary ops do not broadcast silently: shapes must be equal."""
+    sa, sb = np.shape(a), np.shape(b)
+    if sa != sb:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {sa} and {sb}")
+
+
+def eps_like(name: str, eps, x) -> np.ndarray:
+    """An error bound for ``x``: a nonnegative float64 array broadcastable to ``x``'s shape."""
+    e = np.asarray(eps, dtype=np.float64)
+    if np.any(np.isnan(e)) or np.any(e < 0):
+        raise ValueError(f"{name} must be nonnegative (an error bound), got negative or NaN entries")
+    try:
+        return np.broadcast_to(e, np.shape(x))
+    except ValueError:
+        raise ValueError(f"{name} has shape {e.shape}, not broadcastable to {np.shape(x)}") from None

@@ -1,0 +1,60 @@
+"""Primitives: one record per operation with all six of its rules side by side.
+
+A :class:`Primitive` carries, for one op (JAX's ``standard_primitive`` + ``defjvp`` in one place):
+
+* ``runtime(fmt, *xs, **params)``: the op in the format, every elementary step rounded, in the
+  documented order (float64 arrays for formats that fit binary64, object arrays of ``mpq``
+  otherwise);
+* ``spec(*xs: Interval, **params) -> Interval``: the op over the reals, exact or enclosed;
+* ``bound(fmt, xs, eps, **params) -> eps_out``: given runtime inputs ``xs`` and their error
+  bounds ``eps`` (``|x_R − x_S| ≤ eps`` elementwise), a float64 array ``ε`` with
+  ``|op_R(xs) − op_S(xs_S)| ≤ ε`` elementwise (rounded upward);
+* ``vjp_runtime(fmt, xs, g, **params) -> tuple``: runtime gradients of every input given the
+  runtime output gradient ``g``;
+* ``vjp_spec(xs: tuple[Interval], g: Interval, **params) -> tuple[Interval]``;
+* ``vjp_bound(fmt, xs, eps, g, eps_g, **params) -> tuple``: bounds of the input gradients;
+* ``sample(rng, fmt) -> (xs, params)``: a random valid instance (float64 inputs, already
+  values of ``fmt``), used by the registry-wide enclosure test and ``nfbound verify``.
+
+Inputs that are not differentiable (integer targets, say) get ``None`` gradients. A primitive
+is complete by construction: the record has no optional rule, so a missing one fails at import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+REGISTRY: dict[str, "Primitive"] = {}
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str
+    runtime: Callable
+    spec: Callable
+    bound: Callable
+    vjp_runtime: Callable
+    vjp_spec: Callable
+    vjp_bound: Callable
+    sample: Callable
+
+    def __post_init__(self) -> None:
+        for field in ("runtime", "spec", "bound", "vjp_runtime", "vjp_spec", "vjp_bound",
+                      "sample"):
+            if not callable(getattr(self, field)):
+                raise TypeError(f"primitive {self.name!r}: rule {field} is not callable")
+
+
+def register(p: Primitive) -> Primitive:
+    """Add a primitive to the registry (names are unique)."""
+    if p.name in REGISTRY:
+        raise ValueError(f"primitive {p.name!r} registered twice")
+    REGISTRY[p.name] = p
+    return p
+
+
+def get(name: str) -> Primitive:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown op {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
