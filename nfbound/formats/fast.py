@@ -56,21 +56,24 @@ def _from_bits(typingctx, b):
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
 _SIGN = np.int64(-0x8000000000000000)
 _MANT = np.int64(0x000FFFFFFFFFFFFF)
+_IMPLICIT = np.int64(1 << 52)
 
 
 @_jit
-def _round_up(qm, below, half_cmp, inexact, negative, rounding):
-    """Whether the truncated magnitude ``qm`` becomes ``qm + 1`` (returns −1 for ``qm − 1``).
+def _round_up(odd, below, half_cmp, inexact, negative, rounding):
+    """Whether the truncated magnitude ``m`` (integer significand on the target quantum)
+    becomes ``m + 1`` (returns −1 for ``m − 1``).
 
-    ``half_cmp`` is the sign of (exact remainder − half quantum); ``below`` says the exact
-    magnitude lies just below ``qm`` quanta (remainder 0 with a negative sticky residual).
+    ``odd`` is the parity of ``m`` (ties to even); ``half_cmp`` is the sign of (exact remainder
+    − half quantum); ``below`` says the exact magnitude lies just below ``m`` quanta (remainder
+    0 with a negative sticky residual).
     """
     if not inexact:
         return 0
     if rounding == NEAREST_EVEN:
         if below:
             return 0
-        return 1 if half_cmp > 0 or (half_cmp == 0 and (qm & 1) == 1) else 0
+        return 1 if half_cmp > 0 or (half_cmp == 0 and odd != 0) else 0
     if rounding == NEAREST_AWAY:
         return 0 if below else (1 if half_cmp >= 0 else 0)
     away = (rounding == UPWARD and not negative) or (rounding == DOWNWARD and negative)
@@ -116,7 +119,9 @@ def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
             rem = a & ((np.int64(1) << d) - 1)
             half = np.int64(1) << (d - 1)
             qm = a >> d
-            if rem > half or (rem == half and (qm & 1) == 1):
+            # parity of the integer significand: the implicit bit when d = 52 (qm is then the
+            # exponent field, whose parity is not the significand's)
+            if rem > half or (rem == half and ((a | _IMPLICIT) >> d) & 1 == 1):
                 qm += 1
             y = _from_bits(qm << d)
             if y > max_finite:
@@ -153,7 +158,8 @@ def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
         qm = a >> d
         inexact = rem != 0 or s != 0
         below = rem == 0 and s < 0
-        up = _round_up(qm, below, half_cmp, inexact, negative, rounding)
+        odd = ((a | _IMPLICIT) >> d) & 1 if E != 0 else qm & 1
+        up = _round_up(odd, below, half_cmp, inexact, negative, rounding)
         if up >= 0:
             y = _from_bits((qm + up) << d)
         else:

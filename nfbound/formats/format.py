@@ -198,16 +198,26 @@ class Format:
         ±inf (then the overflow rule applies, as for any value beyond the largest finite).
         """
         if self.fits_binary64 and not _is_object(x):
-            a = np.ascontiguousarray(x, dtype=np.float64)
+            a = np.asarray(x, dtype=np.float64)
             p, emin, mx, rnd, ovf, _ = self.kernel_params
-            out = fast.round_array(a, p, emin, mx, rnd, ovf)
-            if self.overflow == "nan":
-                out[np.isinf(a)] = np.nan
-            elif self.overflow == "saturate":
-                out = np.where(np.isinf(a), np.copysign(mx, a), out)
-            return out
+            out = fast.round_array(np.ascontiguousarray(a).reshape(-1), p, emin, mx, rnd, ovf)
+            return self._no_inf(out.reshape(a.shape))
         out = _map(lambda v: _round_exact_value(v, self), x)
-        return _to_float_array(out) if self.fits_binary64 else out
+        if not self.fits_binary64:
+            return out
+        # exact zeros carry no sign: a result rounded to 0 has the sign of its input
+        out = _to_float_array(out)
+        neg = _map(_is_negative, x).astype(bool)
+        return np.where(out == 0, np.where(neg, -0.0, 0.0), out)
+
+    def _no_inf(self, out: np.ndarray) -> np.ndarray:
+        """Infinite float64 results (infinite inputs, division by zero) in a format without
+        infinities: NaN for ``overflow="nan"``, ±max for ``"saturate"`` (as for overflow)."""
+        if self.overflow == "nan":
+            out = np.where(np.isinf(out), np.nan, out)
+        elif self.overflow == "saturate":
+            out = np.where(np.isinf(out), np.copysign(float(self.max_finite), out), out)
+        return out
 
     def _op(self, name: str, a, b=None):
         if self.fits_binary64 and not _is_object(a) and (b is None or not _is_object(b)):
@@ -215,16 +225,21 @@ class Format:
                 a = np.asarray(a, dtype=np.float64)
                 b = a if b is None else np.asarray(b, dtype=np.float64)
                 a, b = np.broadcast_arrays(a, b)
-                a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+                shape = a.shape
+                a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
                 with np.errstate(all="ignore"):
-                    return fast.op_array(fast.OPS[name], a, b, *self.kernel_params)
+                    out = fast.op_array(fast.OPS[name], a, b, *self.kernel_params)
+                return self._no_inf(out.reshape(shape))
             out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
                                                      None if t is None else reference.to_exact(t)),
                         a, b)
-            return _to_float_array(out)
-        return _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
-                                                  None if t is None else reference.to_exact(t)),
-                     a, b)
+            return self._no_inf(_signed_zeros(_to_float_array(out), name, a, b, self.rounding))
+        out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
+                                                 None if t is None else reference.to_exact(t)),
+                    a, b)
+        if self.overflow in ("nan", "saturate"):
+            out = _map(lambda v: _round_exact_value(v, self) if isinstance(v, float) else v, out)
+        return out
 
     def add(self, a, b):
         """``RN(a + b)`` elementwise (one rounding of the exact sum)."""
@@ -289,7 +304,8 @@ class Format:
             a = np.asarray(x, dtype=np.float64)
             p, emin, mx, _, _, _ = self.kernel_params
             with np.errstate(invalid="ignore"):
-                r = fast.round_array(np.ascontiguousarray(a), p, emin, np.inf, 2, 0)
+                r = fast.round_array(np.ascontiguousarray(a).reshape(-1), p, emin, np.inf, 2, 0)
+                r = r.reshape(a.shape)
                 return np.isfinite(a) & (r == a) & (np.abs(a) <= float(self.max_finite))
         return _map(one, x).astype(bool)
 
@@ -325,6 +341,36 @@ def _round_exact_value(v, fmt: Format):
             return math.copysign(1, e) * fmt.max_finite
         return e
     return reference.round_rational(e, fmt)
+
+
+def _is_negative(v) -> bool:
+    """Sign bit of a float (so ``-0.0`` is negative), sign of an exact rational."""
+    if isinstance(v, (float, np.floating)):
+        return math.copysign(1.0, v) < 0
+    return v < 0
+
+
+def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray:
+    """IEEE 754 signs for the zeros of a float64 result computed exactly (``mpq`` has no −0).
+
+    A nonzero exact result rounded to 0 has its own sign, which the binary64 evaluation of the
+    op also has (it is nonzero or an underflowed zero of that sign); so have exact zero
+    products, quotients and ``√−0``. An exact zero sum is +0 but for two −0 operands, and −0
+    under rounding downward but for two +0 operands (§6.3).
+    """
+    if not (out == 0).any():
+        return out
+    fa = np.asarray(a, dtype=np.float64)
+    fb = fa if b is None else np.asarray(b, dtype=np.float64)
+    if name == "sub":
+        name, fb = "add", -fb
+    with np.errstate(all="ignore"):
+        z = {"add": np.add, "mul": np.multiply, "div": np.divide}[name](fa, fb) \
+            if name != "sqrt" else np.sqrt(fa)
+    if name == "add" and rounding == "downward":
+        both_pos = ~np.signbit(fa) & ~np.signbit(fb)
+        z = np.where(z == 0, np.where(both_pos, 0.0, -0.0), z)
+    return np.where(out == 0, np.copysign(0.0, z), out)
 
 
 def _is_object(x) -> bool:

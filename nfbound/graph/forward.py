@@ -1,0 +1,355 @@
+"""Forward graphs: a DAG of primitive nodes evaluated under runtime, spec and bound rules.
+
+A node stores ``(op, params, inputs)`` — no closures — so one graph is evaluated by each
+primitive's three forward rules in a single pass over a topological order:
+
+* runtime: ``P.runtime(fmt, *xs, **params)`` on the runtime values of the inputs;
+* spec: ``P.spec(*xs_interval, **params)`` on the spec enclosures of the inputs;
+* bound: ``P.bound(fmt, xs, eps, **params)``.
+
+Soundness composes (TorchLean ``RuntimeApprox`` graph theorem): if every input satisfies
+``|x̂ − x| ≤ ε_x`` elementwise and every primitive's bound rule is sound for inputs within
+their ``ε``, then by induction along the topological order every node satisfies
+``|runtime − spec| ≤ eps``. The leaves: a data input or parameter ``a`` (a float64 array, taken
+as the exact reals it denotes) has runtime ``RN(a)``, spec ``a`` and ``ε = |RN(a) − a|``
+rounded upward; a label input is passed through unchanged (``ε = 0``, not differentiable).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..bounds.upward import exact_array_up, up
+from ..formats import Format
+from ..ops.interval import Interval
+
+KINDS = ("data", "label", "param", "op")
+
+
+class Value(NamedTuple):
+    """One tensor on the three paths: ``|runtime − x| ≤ eps`` for every ``x`` in ``spec``."""
+
+    runtime: Any
+    spec: Interval | None
+    eps: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A graph node: a leaf (``kind`` data/label/param) or a primitive application."""
+
+    name: str
+    kind: str
+    op: str | None = None
+    inputs: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)
+    value: np.ndarray | None = None       # the float64 spec value of a parameter
+
+
+def load_ops():
+    """Import every module of ``nfbound.ops`` (each registers its primitives) and return the
+    ``nfbound.ops`` package. Modules being written concurrently that fail to import are
+    skipped; an op they would have defined is then reported as unknown."""
+    import nfbound.ops as ops
+    for mod in pkgutil.iter_modules(ops.__path__):
+        name = f"nfbound.ops.{mod.name}"
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    return ops
+
+
+def primitive(name: str):
+    """The registered primitive ``name`` (``ValueError`` listing the known ops otherwise)."""
+    ops = load_ops()
+    return ops.get(name)
+
+
+def _accepts(f, keyword: str) -> bool:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in sig.parameters.values())
+
+
+def op_params(P, node: Node, order: str) -> dict:
+    """The keyword parameters every rule of ``P`` receives at ``node``: the node's own params,
+    plus ``order`` when the op takes one and the node did not fix it."""
+    params = dict(node.params)
+    if "order" not in params and "order" in inspect.signature(P.runtime).parameters:
+        params["order"] = order
+    return params
+
+
+def leaf_value(fmt: Format, a, spec: bool = True, bounds: bool = True) -> Value:
+    """A data input or parameter: runtime ``RN(a)``, spec ``a`` (exact), ``ε = |RN(a) − a|``.
+
+    For formats fitting binary64 the difference ``RN(a) − a`` of two binary64 numbers is
+    computed in binary64 and pushed one step up (an upper bound of the exact difference);
+    otherwise it is computed exactly in rationals and converted upward. Overflow to ±inf gives
+    ``ε = inf``.
+    """
+    arr = np.asarray(a)
+    if arr.dtype != object:
+        arr = np.asarray(arr, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("contains NaN or inf")
+    rt = fmt.round(arr)
+    s = Interval.exact(arr) if (spec or (bounds and np.asarray(rt).dtype == object)) else None
+    eps = None
+    if bounds:
+        r = np.asarray(rt)
+        if r.dtype != object and arr.dtype != object:
+            with np.errstate(invalid="ignore"):
+                d = np.abs(r - arr)
+            eps = np.where(np.isfinite(r), up(d), np.inf)
+            eps = np.where(d == 0, 0.0, eps)
+        else:
+            eps = _exact_distance_up(s, r)
+    return Value(rt, s if spec else None, eps)
+
+
+def _exact_distance_up(s: Interval, runtime) -> np.ndarray:
+    d = s.distance(runtime)
+    return np.asarray(exact_array_up(d), dtype=np.float64).reshape(s.shape)
+
+
+def label_value(labels, spec: bool = True, bounds: bool = True) -> Value:
+    """A label input: unchanged, exact, error 0."""
+    a = np.asarray(labels)
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise ValueError("contains NaN or inf")
+    s = Interval.exact(np.asarray(a, dtype=np.float64) if a.dtype != object else a) if spec else None
+    return Value(a, s, np.zeros(a.shape) if bounds else None)
+
+
+class Graph:
+    """A DAG of primitive nodes (names are unique; op names from ``nfbound.ops.REGISTRY``).
+
+    Nodes may be added in any order (importers); :meth:`topological_order` checks that every
+    input exists and that there is no cycle, raising ``ValueError`` naming the node.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.outputs: list[str] = []
+        self._order: list[str] | None = None
+
+    # -- building -------------------------------------------------------------------------
+    def _add(self, node: Node) -> str:
+        if not isinstance(node.name, str) or not node.name:
+            raise ValueError(f"node name must be a non-empty string, got {node.name!r}")
+        if node.name in self.nodes:
+            raise ValueError(f"node {node.name!r} already exists")
+        self.nodes[node.name] = node
+        self._order = None
+        return node.name
+
+    def input(self, name: str, kind: str = "data") -> str:
+        """A graph input: ``kind="data"`` (rounded to the format, differentiable) or
+        ``kind="label"`` (passed through unchanged, not differentiable)."""
+        if kind not in ("data", "label"):
+            raise ValueError(f"input {name!r}: kind must be 'data' or 'label', got {kind!r}")
+        return self._add(Node(name, kind))
+
+    def param(self, name: str, value) -> str:
+        """A parameter with float64 spec value ``value`` (rounded like data)."""
+        a = np.asarray(value)
+        if a.dtype != object:
+            a = np.array(a, dtype=np.float64)
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"param {name!r} contains NaN or inf")
+        return self._add(Node(name, "param", value=a))
+
+    def op(self, op_name: str, *inputs: str, name: str | None = None, **params) -> str:
+        """Apply primitive ``op_name`` to the named nodes; returns the new node's name."""
+        if name is None:
+            k = sum(1 for n in self.nodes.values() if n.op == op_name)
+            name = f"{op_name}_{k}"
+            while name in self.nodes:
+                k += 1
+                name = f"{op_name}_{k}"
+        try:
+            primitive(op_name)
+        except ValueError as e:
+            raise ValueError(f"node {name!r}: {e}") from None
+        for i in inputs:
+            if not isinstance(i, str):
+                raise ValueError(f"node {name!r}: inputs must be node names, got {i!r}")
+        return self._add(Node(name, "op", op_name, tuple(inputs), dict(params)))
+
+    def output(self, *names: str) -> None:
+        for n in names:
+            if n not in self.nodes:
+                raise ValueError(f"output {n!r} is not a node of the graph")
+            if n not in self.outputs:
+                self.outputs.append(n)
+
+    @property
+    def params(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.kind == "param"]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [n for n, v in self.nodes.items() if v.kind in ("data", "label")]
+
+    def topological_order(self) -> list[str]:
+        """Nodes so that every node comes after its inputs (insertion order among ready
+        nodes). ``ValueError`` naming the node for a missing input or a cycle."""
+        if self._order is not None:
+            return list(self._order)
+        for n, node in self.nodes.items():
+            for i in node.inputs:
+                if i not in self.nodes:
+                    raise ValueError(f"node {n!r}: input {i!r} is not a node of the graph")
+        state: dict[str, int] = {}          # 1 = on the stack, 2 = done
+        order: list[str] = []
+        for root in self.nodes:
+            if root in state:
+                continue
+            stack = [(root, iter(self.nodes[root].inputs))]
+            state[root] = 1
+            while stack:
+                n, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    state[n] = 2
+                    order.append(n)
+                elif state.get(nxt) == 1:
+                    raise ValueError(f"node {nxt!r}: the graph has a cycle through {nxt!r} "
+                                     f"(reached again from {n!r})")
+                elif nxt not in state:
+                    state[nxt] = 1
+                    stack.append((nxt, iter(self.nodes[nxt].inputs)))
+        self._order = order
+        return list(order)
+
+    def initial_params(self, fmt: Format, spec: bool = True, bounds: bool = True) -> dict:
+        """Parameter values in ``fmt``: runtime ``RN(w)``, spec ``w``, ``ε = |RN(w) − w|``."""
+        out = {}
+        for n in self.params:
+            try:
+                out[n] = leaf_value(fmt, self.nodes[n].value, spec, bounds)
+            except ValueError as e:
+                raise ValueError(f"param {n!r}: {e}") from None
+        return out
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def forward(self, fmt: Format, inputs: dict, order: str = "sequential", spec: bool = True,
+                bounds: bool = True, progress: bool | None = None,
+                params: dict | None = None) -> "ForwardResult":
+        """Evaluate every node: runtime values, spec enclosures (``spec=True``) and certified
+        bounds (``bounds=True``) in one pass over a topological order.
+
+        ``inputs`` maps each data/label input to its value (float64 array; labels: integer
+        array). ``params`` optionally overrides parameter values with :class:`Value` triples
+        (used by training); by default parameters come from :meth:`initial_params`.
+        """
+        from ..ops.accumulate import check_order
+        check_order(order)
+        topo = self.topological_order()
+        missing = [n for n in self.inputs if n not in inputs]
+        if missing:
+            raise ValueError(f"input {missing[0]!r}: no value given in inputs")
+        unknown = [k for k in inputs if k not in self.nodes or self.nodes[k].kind not in
+                   ("data", "label")]
+        if unknown:
+            raise ValueError(f"inputs: {unknown[0]!r} is not an input node of the graph")
+        params = dict(params or {})
+        rt: dict[str, Any] = {}
+        sp: dict[str, Interval] | None = {} if spec else None
+        ep: dict[str, np.ndarray] | None = {} if bounds else None
+        for n in tqdm(topo, desc=f"forward {fmt}", disable=_disable(progress), leave=False):
+            node = self.nodes[n]
+            try:
+                if node.kind == "op":
+                    v = self._eval_op(fmt, node, rt, sp, ep, order)
+                elif node.kind == "label":
+                    v = label_value(inputs[n], spec, bounds)
+                elif node.kind == "data":
+                    v = leaf_value(fmt, inputs[n], spec, bounds)
+                else:
+                    v = params[n] if n in params else leaf_value(fmt, node.value, spec, bounds)
+                    v = Value(*v)
+                    if (spec and v.spec is None) or (bounds and v.eps is None):
+                        raise ValueError("parameter state lacks spec or eps")
+            except (ValueError, TypeError, ZeroDivisionError) as e:
+                raise ValueError(f"node {n!r} ({node.op or node.kind}): {e}") from e
+            rt[n] = v.runtime
+            if spec:
+                sp[n] = v.spec
+            if bounds:
+                ep[n] = np.asarray(v.eps, dtype=np.float64)
+        return ForwardResult(self, fmt, order, rt, sp, ep)
+
+    def _eval_op(self, fmt, node: Node, rt, sp, ep, order) -> Value:
+        P = primitive(node.op)
+        params = op_params(P, node, order)
+        xs = tuple(rt[i] for i in node.inputs)
+        out = P.runtime(fmt, *xs, **params)
+        s = P.spec(*(sp[i] for i in node.inputs), **params) if sp is not None else None
+        e = None
+        if ep is not None:
+            e = np.asarray(P.bound(fmt, xs, tuple(ep[i] for i in node.inputs), **params),
+                           dtype=np.float64)
+            if e.shape != np.shape(out):
+                raise ValueError(f"bound rule returned shape {e.shape}, runtime {np.shape(out)}")
+        if s is not None and s.shape != np.shape(out):
+            raise ValueError(f"spec rule returned shape {s.shape}, runtime {np.shape(out)}")
+        return Value(out, s, e)
+
+    def backward(self, fmt: Format, result: "ForwardResult", loss: str | None = None,
+                 spec: bool | None = None, bounds: bool | None = None,
+                 progress: bool | None = None) -> "BackwardResult":
+        """Reverse mode from the scalar node ``loss`` (default: the single output); see
+        :func:`nfbound.graph.reverse.backward`."""
+        from .reverse import backward
+        return backward(self, fmt, result, loss=loss, spec=spec, bounds=bounds,
+                        progress=progress)
+
+
+def _disable(progress: bool | None):
+    """tqdm's ``disable``: None (silent when not a TTY) unless forced on/off."""
+    return None if progress is None else not progress
+
+
+@dataclass
+class ForwardResult:
+    """Runtime values, spec enclosures and bounds of every node of a forward pass."""
+
+    graph: Graph
+    fmt: Format
+    order: str
+    runtime: dict
+    spec: dict | None
+    eps: dict | None
+
+    def value(self, name: str) -> Value:
+        return Value(self.runtime[name], None if self.spec is None else self.spec[name],
+                     None if self.eps is None else self.eps[name])
+
+    def report(self) -> list[dict]:
+        """One row per node in topological order (see :func:`nfbound.graph.report.rows`)."""
+        from .report import rows
+        return rows(self.graph, self.graph.topological_order(), self.runtime, self.spec,
+                    self.eps, self.fmt)
+
+    @property
+    def holds(self) -> bool | None:
+        """Whether every node's runtime lies within ``eps`` of every point of its spec
+        (exact rational test); ``None`` without spec or bounds."""
+        if self.spec is None or self.eps is None:
+            return None
+        return all(bool(self.spec[n].encloses(self.runtime[n], self.eps[n]).all())
+                   for n in self.runtime)
+

@@ -1,0 +1,258 @@
+"""Training with certified parameter bounds: SGD, Momentum and AdamW on the three paths.
+
+Each optimizer update is written as a sequence of elementwise primitives (``nfbound.ops``
+``add``, ``sub``, ``mul``, ``div``, ``sqrt``) applied to :class:`~nfbound.graph.forward.Value`
+triples, so the runtime is rounded after every elementary step in the order stated below, the
+spec update uses the exact (spec) gradients and exact hyperparameters, and the bound of the
+new parameter follows from the primitives' forward bound rules by composition (each rule is
+sound for inputs within their ε, DESIGN §4).
+
+Hyperparameters are float64 numbers taken as the exact rationals they denote. A constant
+``c`` derived from them (``1 − β₁``, ``1 − β₁ᵗ``, ``1 − lr·λ``) is computed exactly in
+rationals; the runtime uses ``RN(c)`` (one rounding) and its bound ``|RN(c) − c|``.
+
+Orders (``RN`` is rounding to the format; ``g`` the runtime gradient, ``t`` the step, from 1):
+
+* SGD: ``p' = RN(p − RN(lr·g))``;
+* Momentum (PyTorch, no dampening, buffer from 0): ``v' = RN(RN(μ·v) + g)``,
+  ``p' = RN(p − RN(lr·v'))``;
+* AdamW (PyTorch semantics): ``p₁ = RN(RN(1 − lr·λ)·p)``, ``m' = RN(RN(β₁·m) + RN(RN(1−β₁)·g))``,
+  ``v' = RN(RN(β₂·v) + RN(RN(1−β₂)·RN(g·g)))``, ``m̂ = RN(m' / RN(1 − β₁ᵗ))``,
+  ``v̂ = RN(v' / RN(1 − β₂ᵗ))``, ``d = RN(RN(√v̂) + RN(ε))``, ``p' = RN(p₁ − RN(lr·RN(m̂ / d)))``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from gmpy2 import mpq
+from tqdm.auto import tqdm
+
+from ..bounds.upward import exact_up
+from ..formats import Format
+from ..ops.interval import Interval
+from .forward import Graph, Value, _disable, primitive
+
+
+# -- Value arithmetic through the primitives' rules ------------------------------------------
+def apply(fmt: Format, op: str, *vals: Value, spec: bool = True, bounds: bool = True,
+          **params) -> Value:
+    """The primitive ``op`` on the three paths: runtime rule, spec rule, forward bound rule."""
+    P = primitive(op)
+    xs = tuple(v.runtime for v in vals)
+    rt = P.runtime(fmt, *xs, **params)
+    sp = P.spec(*(v.spec for v in vals), **params) if spec else None
+    ep = np.asarray(P.bound(fmt, xs, tuple(v.eps for v in vals), **params), dtype=np.float64) \
+        if bounds else None
+    return Value(rt, sp, ep)
+
+
+def square(fmt: Format, g: Value, spec: bool = True, bounds: bool = True) -> Value:
+    """``RN(g·g)`` by the ``mul`` rules; the spec is ``|g|·|g|`` (the same reals, but an
+    enclosure that stays ≥ 0 when ``g``'s enclosure contains 0, so ``√`` of it is defined)."""
+    gs = g.spec.abs() if spec else None
+    a = Value(g.runtime, gs, g.eps)
+    return apply(fmt, "mul", a, a, spec=spec, bounds=bounds)
+
+
+def constant(fmt: Format, c, shape, spec: bool = True, bounds: bool = True) -> Value:
+    """The exact rational ``c`` broadcast to ``shape``: runtime ``RN(c)``, ``ε = |RN(c) − c|``
+    (exact distance converted upward)."""
+    q = mpq(c)
+    r = fmt.round(np.array([q], dtype=object))
+    r0 = r[0]
+    if isinstance(r0, (float, np.floating)) and not math.isfinite(r0):
+        e = math.inf
+    else:
+        e = exact_up(abs(mpq(r0) - q))
+    rt = np.full(shape, r[0], dtype=np.asarray(r).dtype)
+    sp = None
+    if spec:
+        a = np.empty(shape, dtype=object)
+        a[...] = q
+        sp = Interval(a, a)
+    return Value(rt, sp, np.full(shape, e, dtype=np.float64) if bounds else None)
+
+
+def zeros(fmt: Format, shape, spec: bool = True, bounds: bool = True) -> Value:
+    return constant(fmt, 0, shape, spec, bounds)
+
+
+def _check_hyper(name: str, v, lo: float, hi: float, lo_open: bool = False,
+                 hi_open: bool = False) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    ok = math.isfinite(f) and (f > lo if lo_open else f >= lo) and (f < hi if hi_open else f <= hi)
+    if not ok:
+        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo}, {hi}"
+                         f"{')' if hi_open else ']'}, got {v!r}")
+    return f
+
+
+# -- optimizers -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SGD:
+    """``p' = RN(p − RN(lr·g))``."""
+
+    lr: float = 0.01
+
+    def __post_init__(self):
+        _check_hyper("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+
+    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+        return {}
+
+    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+               bounds: bool):
+        kw = dict(spec=spec, bounds=bounds)
+        lr = constant(fmt, self.lr, np.shape(p.runtime), **kw)
+        return apply(fmt, "sub", p, apply(fmt, "mul", lr, g, **kw), **kw), state
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """``v' = RN(RN(μ·v) + g)``, ``p' = RN(p − RN(lr·v'))`` (PyTorch SGD with momentum)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        _check_hyper("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_hyper("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+
+    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+        return {"v": zeros(fmt, np.shape(p.runtime), spec, bounds)}
+
+    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+               bounds: bool):
+        kw = dict(spec=spec, bounds=bounds)
+        shape = np.shape(p.runtime)
+        mu, lr = constant(fmt, self.momentum, shape, **kw), constant(fmt, self.lr, shape, **kw)
+        v = apply(fmt, "add", apply(fmt, "mul", mu, state["v"], **kw), g, **kw)
+        return apply(fmt, "sub", p, apply(fmt, "mul", lr, v, **kw), **kw), {"v": v}
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """AdamW (decoupled weight decay), rounding order in the module docstring."""
+
+    lr: float = 1e-3
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+
+    def __post_init__(self):
+        _check_hyper("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair, got {self.betas!r}")
+        _check_hyper("betas[0]", self.betas[0], 0.0, 1.0, hi_open=True)
+        _check_hyper("betas[1]", self.betas[1], 0.0, 1.0, hi_open=True)
+        _check_hyper("eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_hyper("weight_decay", self.weight_decay, 0.0, math.inf, hi_open=True)
+
+    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+        shape = np.shape(p.runtime)
+        return {"m": zeros(fmt, shape, spec, bounds), "v": zeros(fmt, shape, spec, bounds)}
+
+    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+               bounds: bool):
+        kw = dict(spec=spec, bounds=bounds)
+        shape = np.shape(p.runtime)
+        lr, b1, b2 = mpq(self.lr), mpq(self.betas[0]), mpq(self.betas[1])
+
+        def c(q):
+            return constant(fmt, q, shape, **kw)
+
+        p1 = apply(fmt, "mul", c(1 - lr * mpq(self.weight_decay)), p, **kw)
+        m = apply(fmt, "add", apply(fmt, "mul", c(b1), state["m"], **kw),
+                  apply(fmt, "mul", c(1 - b1), g, **kw), **kw)
+        v = apply(fmt, "add", apply(fmt, "mul", c(b2), state["v"], **kw),
+                  apply(fmt, "mul", c(1 - b2), square(fmt, g, **kw), **kw), **kw)
+        if spec:  # β₂v + (1−β₂)g² ≥ 0: keep the enclosure nonnegative (intersect with [0, ∞))
+            v = Value(v.runtime, _nonneg(v.spec), v.eps)
+        m_hat = apply(fmt, "div", m, c(1 - b1 ** t), **kw)
+        v_hat = apply(fmt, "div", v, c(1 - b2 ** t), **kw)
+        d = apply(fmt, "add", apply(fmt, "sqrt", v_hat, **kw), c(mpq(self.eps)), **kw)
+        step = apply(fmt, "mul", c(lr), apply(fmt, "div", m_hat, d, **kw), **kw)
+        return apply(fmt, "sub", p1, step, **kw), {"m": m, "v": v}
+
+
+def _nonneg(s: Interval) -> Interval:
+    """``s ∩ [0, ∞)`` for an enclosure of a quantity known to be ≥ 0."""
+    z = mpq(0)
+    lo = np.asarray(np.vectorize(lambda a: a if a > z else z, otypes=[object])(s.lo),
+                    dtype=object).reshape(s.shape)
+    if s.lo is s.hi:
+        return s
+    return Interval(lo, s.hi)
+
+
+# -- the training loop --------------------------------------------------------------------------
+@dataclass
+class StepResult:
+    """One training step: the loss before the update and every parameter after it."""
+
+    step: int
+    loss: Value
+    params: dict
+
+    def holds(self) -> bool:
+        """Every parameter's runtime within ε of every point of its spec (exact test)."""
+        return all(bool(v.spec.encloses(v.runtime, v.eps).all()) for v in self.params.values())
+
+
+@dataclass
+class TrainResult:
+    steps: list = field(default_factory=list)
+
+    @property
+    def params(self) -> dict:
+        return self.steps[-1].params if self.steps else {}
+
+    def holds(self) -> bool:
+        return all(s.holds() for s in self.steps)
+
+
+def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None,
+          steps: int | None = None, order: str = "sequential", spec: bool = True,
+          bounds: bool = True, progress: bool | None = None,
+          params: dict | None = None) -> TrainResult:
+    """Run ``steps`` optimizer steps (default: one per batch); step ``k`` uses
+    ``batches[k % len(batches)]`` (a dict of graph inputs; a single dict is used every step).
+
+    Each step: forward and backward on the three paths, then the optimizer update of every
+    parameter. Returns per-step parameter runtime/spec/eps (:class:`TrainResult`).
+    """
+    if isinstance(batches, dict):
+        batches = [batches]
+    batches = list(batches)
+    if not batches:
+        raise ValueError("batches must not be empty")
+    steps = len(batches) if steps is None else steps
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a nonnegative integer, got {steps!r}")
+    for name in ("init", "update"):
+        if not callable(getattr(optimizer, name, None)):
+            raise ValueError(f"optimizer must provide {name}() (SGD, Momentum, AdamW)")
+    state_p = dict(params) if params is not None else graph.initial_params(fmt, spec, bounds)
+    opt_state = {n: optimizer.init(fmt, v, spec, bounds) for n, v in state_p.items()}
+    out = TrainResult()
+    for k in tqdm(range(steps), desc=f"train {fmt}", disable=_disable(progress), leave=False):
+        res = graph.forward(fmt, batches[k % len(batches)], order=order, spec=spec,
+                            bounds=bounds, params=state_p)
+        lname = loss if loss is not None else (graph.outputs[0] if len(graph.outputs) == 1
+                                               else None)
+        back = graph.backward(fmt, res, loss=lname)
+        new = {}
+        for n, p in state_p.items():
+            try:
+                new[n], opt_state[n] = optimizer.update(fmt, k + 1, p, back.value(n),
+                                                        opt_state[n], spec, bounds)
+            except (ValueError, TypeError, ZeroDivisionError) as e:
+                raise ValueError(f"param {n!r}: optimizer step {k + 1}: {e}") from e
+        state_p = new
+        out.steps.append(StepResult(k + 1, res.value(back.loss), dict(new)))
+    return out

@@ -1,0 +1,225 @@
+"""Import an ONNX model into an nfbound program / graph (same op set as the PyTorch importer).
+
+Supported node types: ``Conv``, ``ConvTranspose``, ``Gemm`` (``alpha = beta = 1``, ``transA =
+0``; a weight given as ``B`` with ``transB = 0`` is transposed — an exact permutation),
+``MatMul`` followed by ``Add`` of an initializer (merged into one ``linear``; otherwise
+``matmul``/``add``), ``Relu``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``MaxPool``,
+``AveragePool``, ``Flatten``, ``Reshape``, ``Softmax``, ``Identity``/``Dropout`` (identity), and
+``Constant`` nodes feeding those. Initializers become parameters (float64). Anything else raises
+``ValueError`` naming the node and its op type.
+
+Shapes needed by ``Reshape`` (``0`` entries, ``-1``) and ``Flatten`` with ``axis ≠ 1`` come
+from ONNX shape inference on the model's declared input shape. Pads must be symmetric
+(``begin == end``); ``auto_pad``, dilations ≠ 1, ``group`` ≠ 1, ``ceil_mode`` are rejected.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .program import INPUT, Program
+
+
+def _layer_name(node, k: int) -> str:
+    """``/0/Conv`` → ``0`` (PyTorch's exporter names nodes ``/<module path>/<Op>``)."""
+    name = node.name or (node.output[0] if node.output else f"node{k}")
+    if name.startswith("/"):
+        parts = [p for p in name.split("/") if p]
+        if len(parts) > 1:
+            return ".".join(parts[:-1])
+    return name
+
+
+def _attrs(node) -> dict:
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Importer:
+    def __init__(self, model):
+        import onnx
+        from onnx import numpy_helper
+        self.model = model
+        self.prog = Program(source="onnx")
+        self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        self.consts: dict[str, np.ndarray] = {}
+        self.env: dict[str, str] = {}
+        self.shapes: dict[str, tuple] = {}
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+            for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+                dims = vi.type.tensor_type.shape.dim
+                if all(d.HasField("dim_value") for d in dims):
+                    self.shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+        except Exception:
+            pass
+        self.uses: dict[str, int] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.uses[i] = self.uses.get(i, 0) + 1
+        for o in model.graph.output:
+            self.uses[o.name] = self.uses.get(o.name, 0) + 1
+
+    def fail(self, node, layer, why: str):
+        raise ValueError(f"unsupported node {node.name or layer!r} ({node.op_type}): {why}")
+
+    def tensor(self, name: str, node, layer) -> str:
+        if name in self.env:
+            return self.env[name]
+        if name in self.inits:
+            self.env[name] = self.prog.add_param(name, self.inits[name].astype(np.float64))
+            return self.env[name]
+        self.fail(node, layer, f"input {name!r} is not produced by a supported node")
+
+    def constant(self, name: str, node, layer) -> np.ndarray:
+        if name in self.inits:
+            return self.inits[name]
+        if name in self.consts:
+            return self.consts[name]
+        self.fail(node, layer, f"input {name!r} must be a constant")
+
+    def spatial(self, node, layer, a: dict, n: int):
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            self.fail(node, layer, f"auto_pad={a['auto_pad']!r}")
+        if any(d != 1 for d in a.get("dilations", [1] * n)):
+            self.fail(node, layer, "dilations must be 1")
+        pads = list(a.get("pads", [0] * (2 * n)))
+        if pads[:n] != pads[n:]:
+            self.fail(node, layer, f"asymmetric pads {pads}")
+        strides = tuple(int(s) for s in a.get("strides", [1] * n))
+        return strides, tuple(int(p) for p in pads[:n])
+
+    def param_value(self, name):
+        return self.prog.params[name]
+
+    def node(self, node, k: int, nodes, skip: set) -> None:
+        op, layer, a = node.op_type, _layer_name(node, k), _attrs(node)
+        out = node.output[0] if node.output else None
+        if op == "Constant":
+            from onnx import numpy_helper
+            if "value" not in a:
+                self.fail(node, layer, "only tensor constants are supported")
+            self.consts[out] = numpy_helper.to_array(a["value"])
+            return
+        if op in ("Identity", "Dropout"):
+            self.env[out] = self.tensor(node.input[0], node, layer)
+            return
+        x = self.tensor(node.input[0], node, layer)
+        step = None
+        if op in ("Conv", "ConvTranspose"):
+            w = self.tensor(node.input[1], node, layer)
+            W = self.param_value(w)
+            n = W.ndim - 2
+            if a.get("group", 1) != 1:
+                self.fail(node, layer, "group must be 1")
+            if op == "ConvTranspose" and (any(v != 0 for v in a.get("output_padding", [])) or "output_shape" in a):
+                self.fail(node, layer, "output_padding/output_shape are not supported")
+            stride, padding = self.spatial(node, layer, a, n)
+            if len(node.input) > 2 and node.input[2]:
+                b = self.tensor(node.input[2], node, layer)
+            else:
+                b = self.prog.add_param(f"{layer}.bias", np.zeros(W.shape[1 if op == "ConvTranspose" else 0]))
+            step = self.prog.add_step(layer, "conv" if op == "Conv" else "conv_transpose", (x, w, b),
+                                      stride=stride, padding=padding)
+        elif op == "Gemm":
+            if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0) != 0:
+                self.fail(node, layer, "only alpha=1, beta=1, transA=0 are supported")
+            wname = node.input[1]
+            if wname not in self.inits:
+                self.fail(node, layer, "the weight B must be an initializer")
+            W = self.inits[wname].astype(np.float64)
+            if not a.get("transB", 0):
+                W, wname = W.T, f"{wname}.T"
+            ins = [x, self.prog.add_param(wname, W)]
+            if len(node.input) > 2 and node.input[2]:
+                ins.append(self.tensor(node.input[2], node, layer))
+            step = self.prog.add_step(layer, "linear", ins)
+        elif op == "MatMul":
+            wname = node.input[1]
+            nxt = next((m for m in nodes[k + 1:] if out in m.input), None)
+            if wname in self.inits and self.inits[wname].ndim == 2:
+                ins = [x, self.prog.add_param(f"{wname}.T", self.inits[wname].astype(np.float64).T)]
+                if (nxt is not None and nxt.op_type == "Add" and self.uses.get(out) == 1):
+                    other = [i for i in nxt.input if i != out]
+                    if len(other) == 1 and other[0] in self.inits and self.inits[other[0]].ndim == 1:
+                        ins.append(self.tensor(other[0], nxt, layer))
+                        skip.add(id(nxt))
+                        out = nxt.output[0]
+                step = self.prog.add_step(layer, "linear", ins)
+            else:
+                step = self.prog.add_step(layer, "matmul", (x, self.tensor(wname, node, layer)))
+        elif op == "Add":
+            step = self.prog.add_step(layer, "add", (x, self.tensor(node.input[1], node, layer)))
+        elif op in ("Relu", "Tanh", "Sigmoid", "Softplus"):
+            step = self.prog.add_step(layer, op.lower(), (x,))
+        elif op in ("MaxPool", "AveragePool"):
+            if a.get("ceil_mode", 0):
+                self.fail(node, layer, "ceil_mode must be 0")
+            if op == "MaxPool" and (len(node.output) > 1 and node.output[1]):
+                self.fail(node, layer, "the Indices output is not supported")
+            kernel = tuple(int(v) for v in a["kernel_shape"])
+            stride, padding = self.spatial(node, layer, a, len(kernel))
+            if op == "AveragePool" and any(padding) and not a.get("count_include_pad", 0):
+                self.fail(node, layer, "count_include_pad=0 with padding is not supported")
+            step = self.prog.add_step(layer, "max_pool" if op == "MaxPool" else "avg_pool", (x,),
+                                      kernel_size=kernel, stride=stride, padding=padding)
+        elif op == "Flatten":
+            axis = int(a.get("axis", 1))
+            if axis == 1:
+                step = self.prog.add_step(layer, "flatten", (x,), start_dim=1, end_dim=-1)
+            elif out in self.shapes:
+                step = self.prog.add_step(layer, "reshape", (x,), shape=self.shapes[out])
+            else:
+                self.fail(node, layer, f"axis={axis} needs a static input shape")
+        elif op == "Reshape":
+            if out in self.shapes:
+                shape = self.shapes[out]
+            else:
+                shape = tuple(int(v) for v in self.constant(node.input[1], node, layer))
+                if 0 in shape:
+                    self.fail(node, layer, "shape entries 0 need a static input shape")
+            step = self.prog.add_step(layer, "reshape", (x,), shape=tuple(shape))
+        elif op == "Softmax":
+            opset = max((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+            if opset < 13:
+                self.fail(node, layer, "opset < 13 Softmax (2-D coercion) is not supported")
+            step = self.prog.add_step(layer, "softmax", (x,), dim=int(a.get("axis", -1)))
+        else:
+            self.fail(node, layer, "op type not supported")
+        self.env[out] = step
+
+    def run(self) -> Program:
+        g = self.model.graph
+        data = [i for i in g.input if i.name not in self.inits]
+        if len(data) != 1:
+            raise ValueError(f"the model must take exactly one tensor input, it takes {len(data)}")
+        if len(g.output) != 1:
+            raise ValueError(f"the model must have exactly one output, it has {len(g.output)}")
+        self.env[data[0].name] = INPUT
+        nodes, skip = list(g.node), set()
+        for k, node in enumerate(nodes):
+            if id(node) not in skip:
+                self.node(node, k, nodes, skip)
+        self.prog.output = self.tensor(g.output[0].name, g.node[-1], "output")
+        return self.prog
+
+
+def load(path) -> Program:
+    """The :class:`~nfbound.models.program.Program` of the ONNX file ``path``."""
+    import onnx
+    try:
+        model = onnx.load(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable ONNX model ({e})") from None
+    return _Importer(model).run()
+
+
+def from_model(model) -> Program:
+    """The program of an in-memory ``onnx.ModelProto``."""
+    return _Importer(model).run()
+
+
+def from_onnx(path, loss: str | None = None):
+    """``load(path).to_graph(loss)``: a :class:`nfbound.graph.Graph`."""
+    return load(path).to_graph(loss)

@@ -1,0 +1,393 @@
+"""``softmax(x, dim=-1)`` in the stable form, with two sound bounds of which the smaller is kept.
+
+Runtime, along ``dim`` (every step rounded to the format, in this order):
+
+    m̂ = max_j x̂_j            (exact)
+    d̂_i = RN(x̂_i − m̂)
+    ê_i = RN(exp(d̂_i))        (correctly rounded, ``transcendental.exp_runtime``; exp(−∞) = 0)
+    ŝ = Σ_i ê_i               (rounded after every addition, in ``order``; default sequential)
+    ŷ_i = RN(ê_i / ŝ)
+
+Spec: the mathematical ``y_i = exp(x_i)/Σ_j exp(x_j)``, *unshifted*. For any real ``c``,
+multiplying numerator and denominator by ``exp(−c) > 0`` gives
+``exp(x_i)/Σ_j exp(x_j) = exp(x_i − c)/Σ_j exp(x_j − c)``: the shift cancels exactly. The spec
+enclosure uses ``c = max_j hi_j`` (so every exponent is ``≤ 0``); the bounds compare the runtime
+with the spec written with ``c = m̂`` (the runtime maximum, a fixed real), so the runtime's
+shift costs no error term at all.
+
+``ŝ ≥ 1`` whenever finite: ``ê`` at the maximum is ``RN(e^0) = 1``, every term is ``≥ 0`` and
+rounding is monotone, so each partial sum dominates its operands. Hence
+``0 ≤ ê_i ≤ ŝ`` and ``ŷ_i ∈ [0, 1]``, like the spec.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from gmpy2 import mpq
+
+from ..bounds.rounding import rounding_term
+from ..bounds.upward import add_up, div_up, exact_array_up, exp_up, mul_up, sum_up, up
+from ..formats import Format
+from . import checks
+from .accumulate import accumulate, check_order
+from .elementwise import _zero, div_error, mul_error
+from .interval import Interval
+from .primitive import Primitive, register
+from .transcendental import exp_bound, exp_runtime, exp_spec
+
+#: Spec exponents below this are enclosed by ``[0, e^L]`` (``exp`` is increasing); ``e^−2000``
+#: keeps the rationals small while being far below every format's resolution.
+EXP_FLOOR = mpq(-2000)
+
+
+# =============================================================================================
+# Small helpers
+# =============================================================================================
+def _axis(x, dim) -> int:
+    """``dim`` normalised against ``x`` (torch's range ``[−ndim, ndim)``); 0-d inputs refused."""
+    nd = np.ndim(x)
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise ValueError(f"dim must be an integer, got {dim!r}")
+    if nd == 0:
+        raise ValueError("softmax needs an input with at least one dimension")
+    if not -nd <= dim < nd:
+        raise ValueError(f"dim={dim} is out of range for a {nd}-d input")
+    return int(dim) % nd
+
+
+def _finite(a) -> np.ndarray:
+    """Elementwise finiteness of runtime values (float64 or objects holding ±inf/NaN floats)."""
+    a = np.asarray(a)
+    if a.dtype == object:
+        return np.vectorize(lambda v: not (isinstance(v, float) and not np.isfinite(v)),
+                            otypes=[bool])(a)
+    return np.isfinite(a)
+
+
+def _down(x) -> np.ndarray:
+    return np.nextafter(np.asarray(x, dtype=np.float64), -np.inf)
+
+
+def _exp_down(x) -> np.ndarray:
+    """Lower bound ``≥ 0`` of ``e^x`` (NumPy's exp four binary64 steps down, the mirror of
+    ``upward.exp_up``)."""
+    with np.errstate(over="ignore", under="ignore"):
+        y = np.exp(np.asarray(x, dtype=np.float64))
+    for _ in range(4):
+        y = _down(y)
+    return np.maximum(y, 0.0)
+
+
+def _sum_down(a, axis: int = -1) -> np.ndarray:
+    """Lower bound of the sum of nonnegative ``a`` along ``axis`` (one step down per add)."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), axis, 0)
+    acc = a[0].copy()
+    for k in range(1, a.shape[0]):
+        with np.errstate(invalid="ignore"):
+            acc = np.maximum(_down(acc + a[k]), 0.0)
+    return acc
+
+
+def _diff_lo_hi(x, m) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``(lo, hi)`` enclosing the exact ``x̂ − m̂`` (runtime values, broadcast)."""
+    a, b = np.broadcast_arrays(np.asarray(x), np.asarray(m))
+    if a.dtype != object and b.dtype != object:
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+        return _down(d), up(d)
+    d = np.asarray(a, dtype=object) - np.asarray(b, dtype=object)
+    return -exact_array_up(-d), exact_array_up(d)
+
+
+def _excluded_max(e: np.ndarray) -> np.ndarray:
+    """``max_{j ≠ i} ε_j`` along the last axis (0 for a single entry)."""
+    n = e.shape[-1]
+    top = np.max(e, axis=-1, keepdims=True)
+    arg = np.argmax(e, axis=-1)[..., None]
+    if n == 1:
+        return np.zeros(e.shape)
+    masked = np.where(np.arange(n) == arg, 0.0, e)
+    second = np.max(masked, axis=-1, keepdims=True)
+    return np.where(np.arange(n) == arg, second, top)
+
+
+# =============================================================================================
+# Runtime pieces (last axis)
+# =============================================================================================
+def exp_safe(fmt: Format, d):
+    """``RN(exp(d̂))`` where ``d̂`` is finite, ``0`` at ``−∞`` (an overflowed difference), NaN at
+    NaN (the bound is then ``inf``)."""
+    d = np.asarray(d)
+    ok = _finite(d)
+    if ok.all():
+        return np.asarray(exp_runtime(fmt, d))
+    out = d.copy()
+    if ok.any():
+        out[ok] = exp_runtime(fmt, d[ok])
+    bad = ~ok
+    out[bad] = [0.0 if (v == -np.inf) else np.nan for v in d[bad]]
+    return out
+
+
+def exp_safe_error(fmt: Format, d, ed):
+    """``(RN(exp(d̂)), η)`` with ``transcendental.exp_bound`` where ``d̂`` is finite, ``inf``
+    elsewhere."""
+    d = np.asarray(d)
+    ok = _finite(d)
+    e = exp_safe(fmt, d)
+    eta = np.full(d.shape, np.inf)
+    if ok.any():
+        eta[ok] = exp_bound(fmt, (d[ok],), (np.asarray(ed, dtype=np.float64)[ok],))
+    return e, eta
+
+
+def stable_exp_sum(fmt: Format, x, order: str = "sequential"):
+    """Runtime ``(m̂, d̂, ê, ŝ)`` along the last axis (module docstring)."""
+    x = np.asarray(x)
+    m = np.max(x, axis=-1)
+    d = fmt.sub(x, np.broadcast_to(m[..., None], x.shape))
+    e = exp_safe(fmt, d)
+    s, _ = accumulate(fmt, e, 0.0, order=order, axis=-1)
+    return m, d, e, s
+
+
+def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential"):
+    """Runtime ``(m̂, d̂, ê, ŝ)`` with bounds against the spec shifted by ``m̂``:
+
+    * ``|d̂_i − (x_i − m̂)| ≤ δ_i = ε_i + r_i`` (``r_i`` the rounding term of ``RN(x̂_i − m̂)``,
+      0 when ``x̂_i = m̂`` or an operand is 0) — no error for ``m̂``: it is the chosen shift;
+    * ``|ê_i − e^(x_i − m̂)| ≤ η_i`` (``exp_bound``: ``e^d̂(e^δ − 1) + r``);
+    * ``|ŝ − Σ e^(x_j − m̂)| ≤ σ`` (replay of the rounded sum).
+    """
+    x = np.asarray(x)
+    m = np.max(x, axis=-1)
+    mb = np.broadcast_to(m[..., None], x.shape)
+    d = fmt.sub(x, mb)
+    exact = _zero(x) | _zero(mb) | (x == mb)
+    delta = add_up(ex, rounding_term(fmt, d, exact))
+    e, eta = exp_safe_error(fmt, d, delta)
+    s, sigma = accumulate(fmt, e, eta, order=order, axis=-1)
+    return m, d, delta, e, eta, s, sigma
+
+
+def box_factors(x, ex) -> tuple[np.ndarray, np.ndarray]:
+    """Upper bounds ``(H_i, Λ_i)`` of ``y_i`` and of ``1 − y_i`` over the box
+    ``B = {z : |z_j − x̂_j| ≤ ε_j}`` (last axis), for ``y = softmax(z)``.
+
+    With ``P_j ≥ e^(z_j − m̂)`` and ``Q_j ≤ e^(z_j − m̂)`` for every ``z ∈ B``
+    (``P_j = e^(x̂_j − m̂ + ε_j)↑``, ``Q_j = e^(x̂_j − m̂ − ε_j)↓``):
+    ``y_i ≤ P_i / Σ_j Q_j`` and ``1 − y_i = Σ_{j≠i} e_j/(e_i + Σ_{j≠i} e_j) ≤ Σ_{j≠i} P_j / Q_i``,
+    with ``Σ_{j≠i} P_j ≤ (Σ_j P_j)↑ − P_i`` (rounded up).
+    """
+    m = np.max(x, axis=-1, keepdims=True)
+    lo, hi = _diff_lo_hi(x, m)
+    with np.errstate(invalid="ignore", over="ignore"):
+        P = exp_up(add_up(hi, ex))
+        Q = _exp_down(_down(lo - ex))
+    T = sum_up(P, axis=-1)
+    D = _sum_down(Q, axis=-1)
+    H = div_up(P, D[..., None])
+    with np.errstate(invalid="ignore"):
+        rest = np.maximum(up(T[..., None] - P), 0.0)
+    Lam = div_up(rest, Q)
+    return H, Lam
+
+
+def softmax_last(fmt: Format, x, order: str = "sequential"):
+    """Runtime softmax along the last axis."""
+    _, _, e, s = stable_exp_sum(fmt, x, order)
+    return fmt.div(e, np.broadcast_to(s[..., None], e.shape))
+
+
+def softmax_last_error(fmt: Format, x, ex, order: str = "sequential"):
+    """``(ŷ, ε)`` along the last axis with ``ε = min(A, B, max(ŷ, 1 − ŷ))`` (``inf`` where ``ŷ``
+    is not finite). All three are sound:
+
+    **A (composition of the step rules).** With ``δ, η, σ`` of :func:`stable_exp_sum_error`,
+    the division rule ``|ê/ŝ − e/s| ≤ (η + |ê/ŝ|·σ)/s`` (from
+    ``ê/ŝ − e/s = (ê − e)/s + (ê/ŝ)(s − ŝ)/s``) with ``s ≥ max(ŝ − σ, e^(−ε_t))`` — the spec sum
+    contains ``e^(x_t − m̂) ≥ e^(−ε_t)`` for the runtime argmax ``t`` — plus ``r`` of
+    ``RN(ê/ŝ)`` (``elementwise.div_error`` with that floor).
+
+    **B (Lipschitz + own rounding).** ``|ŷ_i − y_i| ≤ |softmax(x̂)_i − softmax(x)_i| +
+    |ŷ_i − softmax(x̂)_i|``; the second term is A with ``ε = 0``. For the first, on the segment
+    ``z(t) = x + t(x̂ − x)`` (inside the box ``B`` of :func:`box_factors`, which holds both ends
+    and is convex), with ``v = x̂ − x``, ``|v_j| ≤ ε_j``:
+    ``d y_i/dt = y_i (v_i − Σ_j y_j v_j) = y_i Σ_{j≠i} y_j (v_i − v_j)`` (as ``Σ_j y_j = 1``), so
+    ``|d y_i/dt| ≤ y_i (1 − y_i)(ε_i + ε*_i)``, ``ε*_i = max_{j≠i} ε_j``. Over ``B``,
+    ``y_i(1 − y_i) ≤ κ_i = min(1/4, H_i, Λ_i)`` (``y(1−y) ≤ min(y, 1 − y, 1/4)``), giving
+    ``|softmax(x̂)_i − softmax(x)_i| ≤ κ_i (ε_i + ε*_i) ≤ (ε_i + ε*_i)/4`` — the ∞→∞ norm of
+    the Jacobian row, ``2y_i(1 − y_i) ≤ 1/2``, times ``max ε``, refined.
+
+    **Range.** ``ŷ_i, y_i ∈ [0, 1]`` (module docstring), so ``|ŷ_i − y_i| ≤ max(ŷ_i, 1 − ŷ_i)``.
+    """
+    x = np.asarray(x)
+    ex = np.asarray(ex, dtype=np.float64)
+    y, A = _softmax_composed(fmt, x, ex, order)
+    _, A0 = _softmax_composed(fmt, x, np.zeros(x.shape), order) if np.any(ex) else (y, A)
+    H, Lam = box_factors(x, ex)
+    kappa = np.fmin(0.25, np.fmin(H, Lam))
+    L = mul_up(kappa, add_up(ex, _excluded_max(ex)))
+    B = add_up(L, A0)
+    yf = np.asarray(exact_array_up(y) if y.dtype == object else y, dtype=np.float64)
+    ok = _finite(y)
+    with np.errstate(invalid="ignore"):
+        cap = np.where(ok, np.fmax(np.where(ok, yf, 0.0), up(1.0 - np.where(ok, yf, 0.0))), np.inf)
+    bound = np.fmin(np.fmin(A, B), cap)
+    return y, np.where(ok, bound, np.inf)
+
+
+def _softmax_composed(fmt: Format, x, ex, order):
+    """Bound A of :func:`softmax_last_error`."""
+    m, d, delta, e, eta, s, sigma = stable_exp_sum_error(fmt, x, ex, order)
+    t = np.argmax(x, axis=-1)[..., None]
+    e_top = np.take_along_axis(np.broadcast_to(ex, x.shape), t, axis=-1)
+    floor = np.broadcast_to(_exp_down(-e_top), x.shape)
+    sb = np.broadcast_to(s[..., None], x.shape)
+    sig = np.broadcast_to(sigma[..., None], x.shape)
+    y, A = div_error(fmt, e, eta, sb, sig, floor=floor)
+    return np.asarray(y), np.where(_finite(y), A, np.inf)
+
+
+# =============================================================================================
+# Spec pieces (last axis)
+# =============================================================================================
+def exp_enclosure(lo, hi) -> Interval:
+    """Enclosure of ``e^t`` for ``t ∈ [lo, hi]`` (object arrays, exponents ``≤ 0`` in use):
+    ``exp_spec`` on the arguments clamped at :data:`EXP_FLOOR`; where ``lo`` is below the floor
+    the lower end is 0 (``0 < e^t`` and ``e^t ≤ e^max(t, L)``: ``exp`` is increasing)."""
+    lo = np.asarray(lo, dtype=object)
+    hi = np.asarray(hi, dtype=object)
+    clamp = np.vectorize(lambda v: v if v > EXP_FLOOR else EXP_FLOOR, otypes=[object])
+    E = exp_spec(Interval(clamp(lo), clamp(hi)))
+    below = np.vectorize(lambda v: v < EXP_FLOOR, otypes=[bool])(lo)
+    E_lo = np.where(below, mpq(0), E.lo) if below.any() else E.lo
+    return Interval(np.asarray(E_lo, dtype=object), E.hi)
+
+
+def softmax_last_spec(x: Interval) -> Interval:
+    """Enclosure of ``softmax`` over the box ``[lo, hi]`` along the last axis.
+
+    ``y_i = a/(a + b)`` with ``a = e^(x_i − c)``, ``b = Σ_{j≠i} e^(x_j − c)`` is increasing in
+    ``x_i`` and decreasing in every other ``x_j``, so its range over the box is
+    ``[y_i(lo_i; hi_{j≠i}), y_i(hi_i; lo_{j≠i})]``, enclosed with the exponential enclosures
+    (``a/(a + b)`` increasing in ``a``, decreasing in ``b``). ``c = max_j hi_j``.
+    """
+    c = np.max(x.hi, axis=-1, keepdims=True)
+    Elo = exp_enclosure(x.lo - c, x.lo - c)
+    Ehi = Elo if x.lo is x.hi else exp_enclosure(x.hi - c, x.hi - c)
+    sum_hi_of_hi = np.sum(Ehi.hi, axis=-1, keepdims=True)
+    sum_lo_of_lo = np.sum(Elo.lo, axis=-1, keepdims=True)
+    a_lo, b_hi = Elo.lo, sum_hi_of_hi - Ehi.hi
+    a_hi, b_lo = Ehi.hi, sum_lo_of_lo - Elo.lo
+    lo = np.vectorize(lambda a, b: a / (a + b) if a > 0 else mpq(0), otypes=[object])(a_lo, b_hi)
+    hi = np.vectorize(lambda a, b: a / (a + b), otypes=[object])(a_hi, b_lo)
+    return Interval(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object))
+
+
+# =============================================================================================
+# The primitive
+# =============================================================================================
+def _to_last(a, ax: int):
+    return np.moveaxis(np.asarray(a), ax, -1)
+
+
+def _from_last(a, ax: int):
+    return np.moveaxis(np.asarray(a), -1, ax)
+
+
+def softmax_runtime(fmt: Format, x, *, dim: int = -1, order: str = "sequential"):
+    """``ŷ_i = RN(ê_i/ŝ)`` along ``dim`` (module docstring for the steps)."""
+    x = checks.finite("x", x)
+    ax = _axis(x, dim)
+    check_order(order)
+    return _from_last(softmax_last(fmt, _to_last(x, ax), order), ax)
+
+
+def softmax_spec(x: Interval, *, dim: int = -1, order: str = "sequential") -> Interval:
+    """``exp(x_i)/Σ_j exp(x_j)`` enclosed (:func:`softmax_last_spec`)."""
+    ax = _axis(x.lo, dim)
+    check_order(order)
+    y = softmax_last_spec(Interval(_to_last(x.lo, ax), _to_last(x.hi, ax)))
+    return Interval(_from_last(y.lo, ax), _from_last(y.hi, ax))
+
+
+def softmax_bound(fmt: Format, xs, eps, *, dim: int = -1, order: str = "sequential"):
+    """``min(A, B, max(ŷ, 1 − ŷ))`` of :func:`softmax_last_error`."""
+    (x,), (ex,) = xs, eps
+    x = checks.finite("x", x)
+    ax = _axis(x, dim)
+    check_order(order)
+    e = checks.eps_like("eps", ex, x)
+    _, b = softmax_last_error(fmt, _to_last(x, ax), _to_last(e, ax), order)
+    return np.asarray(_from_last(b, ax), dtype=np.float64)
+
+
+def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequential"):
+    """``∂/∂x = y ⊙ (g − ⟨g, y⟩)`` along ``dim`` (torch's ``_softmax_backward_data``), with
+    ``ŷ`` the runtime softmax and the rounded steps
+
+        p̂_j = RN(ĝ_j · ŷ_j),  ĉ = Σ_j p̂_j (rounded, ``order``),  ŵ_i = RN(ĝ_i − ĉ),
+        out_i = RN(ŷ_i · ŵ_i).
+    """
+    (x,) = xs
+    x = checks.finite("x", x)
+    ax = _axis(x, dim)
+    check_order(order)
+    checks.same_shape(("g", "x"), g, x)
+    g = checks.finite("g", g)
+    xl, gl = _to_last(x, ax), _to_last(g, ax)
+    y = softmax_last(fmt, xl, order)
+    p = fmt.mul(gl, y)
+    c, _ = accumulate(fmt, p, 0.0, order=order, axis=-1)
+    w = fmt.sub(gl, np.broadcast_to(np.asarray(c)[..., None], gl.shape))
+    return (_from_last(fmt.mul(y, w), ax),)
+
+
+def softmax_vjp_spec(xs, g: Interval, *, dim: int = -1, order: str = "sequential"):
+    """``y ⊙ (g − ⟨g, y⟩)`` in interval arithmetic (an enclosure; ``y`` enters twice)."""
+    (x,) = xs
+    ax = _axis(x.lo, dim)
+    y = softmax_spec(x, dim=dim)
+    gy = g * y
+    tot = gy.map_exact(lambda a: np.sum(_to_last(a, ax), axis=-1, keepdims=True))
+    tot = tot.map_exact(lambda a: np.broadcast_to(_from_last(a, ax), x.shape))
+    return (y * (g - tot),)
+
+
+def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: str = "sequential"):
+    """The step rules along the runtime order of :func:`softmax_vjp_runtime`, with ``ε_y`` the
+    forward bound: product rule for ``p̂``, replay of the rounded sum for ``ĉ``,
+    ``ε_g + ε_c + r`` for ``ŵ``, product rule for the output."""
+    (x,), (ex,) = xs, eps
+    x = checks.finite("x", x)
+    ax = _axis(x, dim)
+    check_order(order)
+    checks.same_shape(("g", "x"), g, x)
+    g = checks.finite("g", g)
+    e = checks.eps_like("eps", ex, x)
+    eg = checks.eps_like("eps_g", eps_g, g)
+    xl, gl, el, egl = (_to_last(a, ax) for a in (x, g, e, eg))
+    y, ey = softmax_last_error(fmt, xl, el, order)
+    p, ep = mul_error(fmt, gl, egl, y, ey)
+    c, ec = accumulate(fmt, p, ep, order=order, axis=-1)
+    cb = np.broadcast_to(np.asarray(c)[..., None], gl.shape)
+    w = fmt.sub(gl, cb)
+    ew = add_up(egl, np.broadcast_to(np.asarray(ec)[..., None], gl.shape),
+                rounding_term(fmt, w, _zero(gl) | _zero(cb)))
+    out, eo = mul_error(fmt, y, ey, w, ew)
+    eo = np.where(_finite(out), eo, np.inf)
+    return (np.asarray(_from_last(eo, ax), dtype=np.float64),)
+
+
+def _sample_softmax(rng, fmt: Format):
+    shape = tuple(int(v) for v in rng.integers(1, 5, size=rng.integers(1, 4)))
+    x = rng.standard_normal(shape) * 3
+    dim = int(rng.integers(-len(shape), len(shape)))
+    return (fmt.round(x),), {"dim": dim}
+
+
+softmax = register(Primitive("softmax", softmax_runtime, softmax_spec, softmax_bound,
+                             softmax_vjp_runtime, softmax_vjp_spec, softmax_vjp_bound,
+                             _sample_softmax))

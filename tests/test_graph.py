@@ -1,0 +1,330 @@
+"""Graphs: forward/reverse machinery, context addition, the MLP/MSE gradient theorems checked
+exactly in rationals, end-to-end enclosure for an MLP and a small CNN, graph errors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gmpy2 import mpq
+
+from nfbound import formats
+from nfbound.graph import Graph, ctx_add, ctx_add_bound, format_table
+from nfbound.bounds.upward import add_up
+from nfbound.graph.forward import load_ops
+from nfbound.ops.interval import Interval
+
+FORMATS = ["bfloat16", "float16", "float8_e4m3fn", "binary32"]
+Q = np.frompyfunc(mpq, 1, 1)
+
+
+def _q(a) -> np.ndarray:
+    return np.asarray(Q(np.asarray(a, dtype=np.float64)), dtype=object)
+
+
+# -- context addition ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt_name", FORMATS + ["float8_e5m2", "decimal32"])
+def test_ctx_add_bound_encloses(fmt_name):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(1)
+    n = 6 if fmt_name == "decimal32" else 200
+    xf, yf = rng.standard_normal(n) * 8, rng.standard_normal(n) * 8
+    xf[:3] = 0.0                                       # exact operands: no rounding charged
+    yf[3:6] = -xf[3:6] * (1 + 2.0 ** -12)              # cancellation
+    x, y = fmt.round(xf), fmt.round(yf)
+    xr = np.asarray(x, dtype=object) if np.asarray(x).dtype == object else _q(x)
+    yr = np.asarray(y, dtype=object) if np.asarray(y).dtype == object else _q(y)
+    ex = np.abs(np.asarray(xf)) * 2.0 ** -9
+    ey = np.abs(np.asarray(yf)) * 2.0 ** -9
+    # spec operands: at the far end of each error interval
+    xs = Interval.exact(xr + _q(ex) * np.where(rng.random(n) < 0.5, -1, 1))
+    ys = Interval.exact(yr + _q(ey) * np.where(rng.random(n) < 0.5, -1, 1))
+    s, b = ctx_add(fmt, x, ex, y, ey)
+    assert (xs + ys).encloses(s, b).all()
+    assert np.array_equal(np.asarray(ctx_add_bound(fmt, x, ex, y, ey)), b)
+    # an exactly zero operand charges no rounding: the bound is ε_x + ε_y alone
+    assert np.array_equal(b[:3], add_up(ex[:3], ey[:3]))
+    assert np.all(b[3:] > ey[3:])
+
+
+def test_ctx_add_bound_overflow_is_inf():
+    fmt = formats.get("float16")
+    x = fmt.round(np.array([65504.0, 1.0]))
+    s, b = ctx_add(fmt, x, np.zeros(2), x, np.zeros(2))
+    assert math.isinf(s[0]) and math.isinf(b[0]) and b[1] == 0.0
+
+
+def test_ctx_add_bound_tie_half_ulp():
+    fmt = formats.get("bfloat16")
+    x, y = np.array([1.0]), np.array([2.0 ** -8])       # 1 + 2^-8 is a tie in bfloat16
+    s, b = ctx_add(fmt, x, np.zeros(1), y, np.zeros(1))
+    assert s[0] == 1.0 and b[0] == 2.0 ** -8
+    assert Interval.exact(x + y).encloses(s, b).all()
+
+
+# -- machinery on add/mul ---------------------------------------------------------------------------
+def _shared_graph():
+    """d = b·b + a, b = a + x, a = x·w: x used twice, b twice by one node, a twice."""
+    g = Graph()
+    x = g.input("x")
+    w = g.param("w", np.array([0.3, -1.7, 2.1]))
+    a = g.op("mul", x, w, name="a")
+    b = g.op("add", a, x, name="b")
+    c = g.op("mul", b, b, name="c")
+    d = g.op("add", c, a, name="d")
+    g.output(d)
+    return g
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS + ["decimal32"])
+def test_forward_backward_add_mul_replay_and_enclosure(fmt_name):
+    fmt = formats.get(fmt_name)
+    g = _shared_graph()
+    # elementwise graph: seed each coordinate separately through a 1-element copy
+    xv = np.array([1.37, -0.61, 0.0123])
+    for k in range(3):
+        gk = Graph()
+        for name, node in g.nodes.items():
+            if node.kind == "data":
+                gk.input(name)
+            elif node.kind == "param":
+                gk.param(name, node.value[k:k + 1])
+            else:
+                gk.op(node.op, *node.inputs, name=name)
+        gk.output("d")
+        res = gk.forward(fmt, {"x": xv[k:k + 1]}, progress=False)
+        assert res.holds
+        back = gk.backward(fmt, res)
+        assert back.holds
+        # runtime replay: contributions accumulated in reverse topological order of consumers
+        x, w = res.runtime["x"], res.runtime["w"]
+        a, b = res.runtime["a"], res.runtime["b"]
+        one = fmt.round(np.ones(1))
+        gb = fmt.add(fmt.mul(one, b), fmt.mul(one, b))
+        ga = fmt.add(one, gb)
+        gx = fmt.add(gb, fmt.mul(ga, w))
+        gw = fmt.mul(ga, x)
+        assert np.array_equal(np.asarray(back.runtime["x"]), np.asarray(gx))
+        assert np.array_equal(np.asarray(back.runtime["w"]), np.asarray(gw))
+        # spec: exact derivatives of d = (xw + x)² + xw at the spec (unrounded) values
+        xs, ws = mpq(float(xv[k])), mpq(float(g.nodes["w"].value[k]))
+        assert back.spec["x"].lo[0] == 2 * (xs * ws + xs) * (ws + 1) + ws
+        assert back.spec["w"].lo[0] == 2 * (xs * ws + xs) * xs + xs
+        assert back.spec["x"].is_exact
+        rows = back.report()
+        assert [r["node"] for r in rows] == ["x", "w", "a", "b", "c", "d"]
+        for r in rows + res.report():
+            assert r["holds"] and r["max_observed"] <= r["max_bound"]
+
+
+def test_spec_and_bounds_can_be_switched_off():
+    fmt = formats.get("bfloat16")
+    g = _shared_graph()
+    xv = {"x": np.array([1.5, 2.25, -3.0])}
+    full = g.forward(fmt, xv)
+    rt = g.forward(fmt, xv, spec=False, bounds=False)
+    assert rt.spec is None and rt.eps is None and rt.holds is None
+    for n in full.runtime:
+        assert np.array_equal(full.runtime[n], rt.runtime[n])
+    rows = rt.report()
+    assert rows[0]["max_bound"] is None and rows[0]["max_observed"] is None
+    with pytest.raises(ValueError, match="bounds"):
+        g.backward(fmt, rt, loss="d", bounds=True)
+
+
+def test_unreached_param_has_exact_zero_gradient():
+    fmt = formats.get("binary32")
+    g = Graph()
+    x = g.input("x")
+    g.param("unused", np.array([1.0, 2.0]))
+    y = g.op("mul", x, x, name="y")
+    res = g.forward(fmt, {"x": np.array([0.1])})
+    back = g.backward(fmt, res, loss=y)
+    assert np.all(back.runtime["unused"] == 0) and np.all(back.eps["unused"] == 0)
+    assert back.spec["unused"].lo[1] == 0
+
+
+def test_report_reason_for_infinite_bound():
+    fmt = formats.get("float16")
+    g = Graph()
+    x = g.input("x")
+    y = g.op("mul", x, x, name="y")
+    z = g.op("add", y, x, name="z")
+    res = g.forward(fmt, {"x": np.array([65504.0 * 0.75])}, spec=False)
+    rows = {r["node"]: r for r in res.report()}
+    assert math.isinf(rows["y"]["max_bound"]) and "overflow" in rows["y"]["reason"]
+    assert rows["x"]["reason"] is None
+    table = format_table(res.report())
+    assert "overflow" in table
+
+
+# -- graph errors ---------------------------------------------------------------------------------
+def test_unknown_op_names_node():
+    g = Graph()
+    x = g.input("x")
+    with pytest.raises(ValueError, match="'bad'.*unknown op 'frobnicate'"):
+        g.op("frobnicate", x, name="bad")
+
+
+def test_missing_input_names_node():
+    g = Graph()
+    x = g.input("x")
+    g.op("add", x, "nowhere", name="n1")
+    with pytest.raises(ValueError, match="node 'n1': input 'nowhere'"):
+        g.forward(formats.get("bfloat16"), {"x": np.ones(2)})
+
+
+def test_cycle_names_node():
+    g = Graph()
+    x = g.input("x")
+    g.op("add", x, "c2", name="c1")
+    g.op("mul", "c1", x, name="c2")
+    with pytest.raises(ValueError, match="cycle through 'c(1|2)'"):
+        g.topological_order()
+
+
+def test_missing_input_value_and_shape_error_name_node():
+    fmt = formats.get("bfloat16")
+    g = Graph()
+    x, y = g.input("x"), g.input("y")
+    g.op("add", x, y, name="s")
+    with pytest.raises(ValueError, match="input 'y'"):
+        g.forward(fmt, {"x": np.ones(2)})
+    with pytest.raises(ValueError, match="node 's' \\(add\\).*same shape"):
+        g.forward(fmt, {"x": np.ones(2), "y": np.ones(3)})
+    with pytest.raises(ValueError, match="already exists"):
+        g.input("x")
+    with pytest.raises(ValueError, match="NaN"):
+        g.forward(fmt, {"x": np.array([np.nan, 1.0]), "y": np.ones(2)})
+
+
+# -- MLP with MSE: spec gradients equal the closed forms exactly (seed MlpMse) --------------------
+def _needs(*names):
+    ops = load_ops()
+    missing = [n for n in names if n not in ops.REGISTRY]
+    if missing:
+        pytest.fail(f"ops not registered yet: {missing}")
+
+
+def _mlp_graph(rng, d_in=4, d_hid=5, d_out=3):
+    g = Graph()
+    x, t = g.input("x"), g.input("t")
+    W1 = g.param("W1", rng.standard_normal((d_hid, d_in)))
+    b1 = g.param("b1", rng.standard_normal(d_hid) * 0.5)
+    W2 = g.param("W2", rng.standard_normal((d_out, d_hid)))
+    b2 = g.param("b2", rng.standard_normal(d_out) * 0.5)
+    z1 = g.op("linear", x, W1, b1, name="z1")
+    a1 = g.op("relu", z1, name="a1")
+    y = g.op("linear", a1, W2, b2, name="y")
+    g.op("mse_loss", y, t, name="loss")
+    g.output("loss")
+    return g
+
+
+def _matvec(A, v):
+    return np.array([sum((A[i, j] * v[j] for j in range(A.shape[1])), mpq(0))
+                     for i in range(A.shape[0])], dtype=object)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mlp_mse_spec_gradients_equal_closed_forms(seed):
+    _needs("linear", "relu", "mse_loss")
+    rng = np.random.default_rng(seed)
+    g = _mlp_graph(rng)
+    xv, tv = rng.standard_normal((1, 4)), rng.standard_normal((1, 3))
+    res = g.forward(formats.get("bfloat16"), {"x": xv, "t": tv})
+    back = g.backward(formats.get("bfloat16"), res, loss="loss")
+    assert res.holds and back.holds
+    W1, b1 = _q(g.nodes["W1"].value), _q(g.nodes["b1"].value)
+    W2, b2 = _q(g.nodes["W2"].value), _q(g.nodes["b2"].value)
+    x, t = _q(xv[0]), _q(tv[0])
+    z1 = _matvec(W1, x) + b1
+    assert all(v != 0 for v in z1), "the theorem needs z1 away from the ReLU kink"
+    a1 = np.array([v if v > 0 else mpq(0) for v in z1], dtype=object)
+    y = _matvec(W2, a1) + b2
+    n = y.size
+    mse_grad = (y - t) * mpq(2, n)                       # (2/n)(y − t)
+    relu_d = np.array([mpq(1) if v > 0 else mpq(0) for v in z1], dtype=object)
+    delta1 = relu_d * _matvec(W2.T, mse_grad)            # relu'(z1) ⊙ W2ᵀ mseGrad
+    expected = {
+        "W2": np.outer(mse_grad, a1),                    # mseGrad ⊗ a1
+        "b2": mse_grad,
+        "b1": delta1,
+        "W1": np.outer(delta1, x),                       # (relu'(z1) ⊙ W2ᵀ mseGrad) ⊗ x
+        "x": _matvec(W1.T, delta1)[None, :],             # W1ᵀ(relu'(z1) ⊙ W2ᵀ mseGrad)
+    }
+    assert res.spec["loss"].lo.reshape(-1)[0] == sum((y - t) ** 2) / n
+    for name, e in expected.items():
+        s = back.spec[name]
+        assert s.is_exact, name
+        assert s.shape == e.shape, name
+        assert np.all(s.lo == e), f"∂L/∂{name} differs from the closed form"
+        # and the closed form is not trivially zero
+    assert any(v != 0 for v in expected["W1"].reshape(-1))
+
+
+def test_mlp_mse_spec_gradient_kink_is_not_faked():
+    """A wrong closed form must fail: perturb the expected ∂L/∂b2 by one ulp-sized rational."""
+    _needs("linear", "relu", "mse_loss")
+    rng = np.random.default_rng(5)
+    g = _mlp_graph(rng)
+    xv, tv = rng.standard_normal((1, 4)), rng.standard_normal((1, 3))
+    res = g.forward(formats.get("binary32"), {"x": xv, "t": tv})
+    back = g.backward(formats.get("binary32"), res, loss="loss")
+    y = res.spec["y"].lo[0]
+    mse_grad = (y - _q(tv[0])) * mpq(2, 3)
+    assert np.all(back.spec["b2"].lo == mse_grad)
+    assert not np.all(back.spec["b2"].lo == mse_grad + mpq(1, 2 ** 60))
+
+
+# -- end-to-end enclosure: MLP and small CNN ----------------------------------------------------------
+def _cnn_graph(rng, c_in=1, c_out=2, hw=6, n_cls=3):
+    g = Graph()
+    x, t = g.input("x"), g.input("t", kind="label")
+    g.param("conv1.weight", rng.standard_normal((c_out, c_in, 3, 3)) * 0.5)
+    g.param("conv1.bias", rng.standard_normal(c_out) * 0.1)
+    g.op("conv", x, "conv1.weight", "conv1.bias", stride=(1, 1), padding=(1, 1), name="conv1")
+    g.op("relu", "conv1", name="relu1")
+    g.op("max_pool", "relu1", kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), name="pool1")
+    g.op("flatten", "pool1", start_dim=1, name="flat")
+    feat = c_out * (hw // 2) ** 2
+    g.param("fc.weight", rng.standard_normal((n_cls, feat)) * 0.3)
+    g.param("fc.bias", rng.standard_normal(n_cls) * 0.1)
+    g.op("linear", "flat", "fc.weight", "fc.bias", name="fc")
+    g.op("cross_entropy", "fc", t, name="loss")
+    g.output("loss")
+    return g
+
+
+def _assert_all_hold(res, back):
+    for r in res.report():
+        assert r["holds"], f"forward enclosure failed at {r}"
+    for r in back.report():
+        assert r["holds"], f"gradient enclosure failed at {r}"
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS)
+def test_mlp_end_to_end_enclosure(fmt_name):
+    _needs("linear", "relu", "mse_loss")
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(11)
+    g = _mlp_graph(rng)
+    batch = {"x": rng.standard_normal((3, 4)), "t": rng.standard_normal((3, 3))}
+    res = g.forward(fmt, batch)
+    back = g.backward(fmt, res, loss="loss")
+    _assert_all_hold(res, back)
+    assert back.eps["W1"].shape == (5, 4) and np.all(np.isfinite(back.eps["W1"]))
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS)
+def test_cnn_end_to_end_enclosure(fmt_name):
+    _needs("conv", "relu", "max_pool", "flatten", "linear", "cross_entropy")
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(12)
+    g = _cnn_graph(rng)
+    batch = {"x": rng.standard_normal((2, 1, 6, 6)), "t": np.array([0, 2])}
+    res = g.forward(fmt, batch)
+    back = g.backward(fmt, res, loss="loss")
+    _assert_all_hold(res, back)
+    assert back.spec["x"].shape == (2, 1, 6, 6)
+    assert "t" not in back.runtime                       # labels are not differentiable

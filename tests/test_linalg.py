@@ -1,0 +1,501 @@
+"""dot, matvec, matmul, linear: spec vs PyTorch float64, runtime vs a scalar replay with the
+reference engine, fused kernel vs generic path, enclosure (forward and VJP) on every preset,
+adversarial inputs, order-free bounds vs every order and vs NumPy/BLAS, shape errors."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from gmpy2 import mpq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nfbound import formats
+from nfbound.bounds.upward import exact_array_up
+from nfbound.formats import reference
+from nfbound.ops import linalg as L
+from nfbound.ops.accumulate import accumulate
+from nfbound.ops.interval import Interval
+from nfbound.ops.reduce import stream_reduce
+
+PRESETS = ["bfloat16", "binary16", "tf32", "binary32", "float8_e4m3fn", "float8_e5m2", "binary64",
+           "decimal32"]
+FAST = ["bfloat16", "binary16", "binary32", "float8_e4m3fn", "float8_e5m2", "binary64",
+        "flt:p=7,emin=-20,emax=15,rounding=down", "flt:p=30,emin=-60,emax=40",
+        "float8_e4m3fn:overflow=saturate", "flt:p=5,emin=-12,emax=6,rounding=zero"]
+ORDERS = ["sequential", "reversed", "pairwise", "blocked:3"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def runtime_and_eps(fmt, data):
+    """Runtime = data rounded to the format, spec = the exact float64 data, eps = |r − data|
+    rounded upward."""
+    data = np.asarray(data, dtype=np.float64)
+    r = fmt.round(data)
+    diff = np.vectorize(lambda a, b: abs(mpq(a) - mpq(b)), otypes=[object])(
+        np.asarray(r, dtype=object), data)
+    return r, exact_array_up(diff), Interval.exact(data)
+
+
+def between(x, e):
+    """A non-degenerate enclosure around the runtime x of half-width e/2 (exact)."""
+    xs = np.asarray(x, dtype=object)
+    h = np.vectorize(lambda v: mpq(v) / 2, otypes=[object])(np.asarray(e, dtype=np.float64))
+    return Interval(np.asarray(xs - h, dtype=object), np.asarray(xs + h, dtype=object))
+
+
+def tree_sum(vals, order, add):
+    """Scalar reference of the four orders (independent of the library's code)."""
+    n = len(vals)
+    if n == 0:
+        return mpq(0)
+    if order == "reversed":
+        return tree_sum(vals[::-1], "sequential", add)
+    if order == "sequential":
+        s = vals[0]
+        for v in vals[1:]:
+            s = add(s, v)
+        return s
+    if order == "pairwise":
+        level = list(vals)
+        while len(level) > 1:
+            nxt = [add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return level[0]
+    B = int(order.split(":")[1])
+    return tree_sum([tree_sum(vals[i:i + B], "sequential", add) for i in range(0, n, B)],
+                    "sequential", add)
+
+
+def ref_ops(fmt):
+    def add(a, b):
+        return reference.apply("add", fmt, reference.to_exact(a), reference.to_exact(b))
+
+    def mul(a, b):
+        return reference.apply("mul", fmt, reference.to_exact(a), reference.to_exact(b))
+    return add, mul
+
+
+def same(a, b) -> bool:
+    """Bitwise-equal runtimes (exact values; NaN positions equal)."""
+    fa = np.asarray(a, dtype=object).reshape(-1)
+    fb = np.asarray(b, dtype=object).reshape(-1)
+    if fa.shape != fb.shape:
+        return False
+    for u, v in zip(fa, fb):
+        nu = isinstance(u, float) and u != u
+        nv = isinstance(v, float) and v != v
+        if nu or nv:
+            if not (nu and nv):
+                return False
+        elif isinstance(u, float) and np.isinf(u) or isinstance(v, float) and np.isinf(v):
+            if u != v:
+                return False
+        elif mpq(u) != mpq(v):
+            return False
+    return True
+
+
+def ref_matmul(fmt, A, B, order):
+    """Scalar reference of torch.matmul for ≥2-D A, B with equal batch shapes."""
+    add, mul = ref_ops(fmt)
+    A, B = np.asarray(A, dtype=object), np.asarray(B, dtype=object)
+    out = np.empty(A.shape[:-1] + (B.shape[-1],), dtype=object)
+    for idx in np.ndindex(out.shape):
+        *b, i, k = idx
+        b = tuple(b)
+        terms = [mul(A[b + (i, j)], B[b + (j, k)]) for j in range(A.shape[-1])]
+        out[idx] = tree_sum(terms, order, add)
+    return out
+
+
+# -- spec vs PyTorch float64 ----------------------------------------------------------------------
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (2, 4, 2)), ((4,), (4,)),
+                                   ((3, 4), (4,)), ((4,), (2, 4, 3)), ((2, 1, 3, 4), (5, 4, 2))])
+def test_matmul_spec_and_vjp_spec_match_torch_float64(sa, sb):
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal(sa), rng.standard_normal(sb)
+    At = torch.tensor(A, requires_grad=True)
+    Bt = torch.tensor(B, requires_grad=True)
+    Ct = torch.matmul(At, Bt)
+    g = rng.standard_normal(tuple(Ct.shape))
+    Ct.backward(torch.tensor(g))
+    C = L.matmul_spec(Interval.exact(A), Interval.exact(B))
+    np.testing.assert_allclose(C.to_float(), Ct.detach().numpy(), rtol=1e-12, atol=1e-12)
+    dA, dB = L.matmul_vjp_spec((Interval.exact(A), Interval.exact(B)), Interval.exact(g))
+    assert dA.shape == sa and dB.shape == sb
+    np.testing.assert_allclose(dA.to_float(), At.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dB.to_float(), Bt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_spec_and_vjp_spec_match_torch_float64(lead, with_bias):
+    rng = np.random.default_rng(2)
+    x, W, b = rng.standard_normal(lead + (5,)), rng.standard_normal((4, 5)), rng.standard_normal(4)
+    xt, Wt, bt = (torch.tensor(v, requires_grad=True) for v in (x, W, b))
+    yt = torch.nn.functional.linear(xt, Wt, bt if with_bias else None)
+    g = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(g))
+    xs = (Interval.exact(x), Interval.exact(W)) + ((Interval.exact(b),) if with_bias else ())
+    y = L.linear_spec(*xs)
+    np.testing.assert_allclose(y.to_float(), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    grads = L.linear_vjp_spec(xs, Interval.exact(g))
+    expected = [xt.grad, Wt.grad] + ([bt.grad] if with_bias else [])
+    assert len(grads) == len(expected)
+    for gs, ge in zip(grads, expected):
+        np.testing.assert_allclose(gs.to_float(), ge.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# -- runtime: bit-exact against a scalar replay ---------------------------------------------------
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e4m3fn", "binary16", "decimal32",
+                                      "flt:p=7,emin=-20,emax=15,rounding=down"])
+@pytest.mark.parametrize("order", ORDERS)
+def test_matmul_runtime_equals_scalar_replay(fmt_name, order):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(3)
+    A = fmt.round(rng.standard_normal((2, 3, 7)) * 3)
+    B = fmt.round(rng.standard_normal((2, 7, 2)) * 3)
+    assert same(L.matmul_runtime(fmt, A, B, order=order), ref_matmul(fmt, A, B, order))
+
+
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "decimal32"])
+def test_linear_and_its_vjp_equal_scalar_replay(fmt_name):
+    """Bias last; d_weight and d_bias sum over (batch, row) in row-major order."""
+    fmt = formats.get(fmt_name)
+    add, mul = ref_ops(fmt)
+    rng = np.random.default_rng(4)
+    x = fmt.round(rng.standard_normal((2, 3, 5)))
+    W = fmt.round(rng.standard_normal((4, 5)))
+    b = fmt.round(rng.standard_normal(4))
+    y = L.linear_runtime(fmt, x, W, b)
+    xo, Wo, bo = (np.asarray(v, dtype=object) for v in (x, W, b))
+    exp = np.empty((2, 3, 4), dtype=object)
+    for p, q, o in np.ndindex(2, 3, 4):
+        s = tree_sum([mul(xo[p, q, j], Wo[o, j]) for j in range(5)], "sequential", add)
+        exp[p, q, o] = add(s, bo[o])
+    assert same(y, exp)
+    g = fmt.round(rng.standard_normal((2, 3, 4)))
+    go = np.asarray(g, dtype=object)
+    dx, dW, db = L.linear_vjp_runtime(fmt, (x, W, b), g)
+    rows = list(np.ndindex(2, 3))                                    # batch outer, then rows
+    edW = np.empty((4, 5), dtype=object)
+    for o, i in np.ndindex(4, 5):
+        edW[o, i] = tree_sum([mul(go[r + (o,)], xo[r + (i,)]) for r in rows], "sequential", add)
+    edb = np.array([tree_sum([go[r + (o,)] for r in rows], "sequential", add) for o in range(4)],
+                   dtype=object)
+    edx = np.empty((2, 3, 5), dtype=object)
+    for p, q, i in np.ndindex(2, 3, 5):
+        edx[p, q, i] = tree_sum([mul(go[p, q, o], Wo[o, i]) for o in range(4)], "sequential", add)
+    assert same(dW, edW) and same(db, edb) and same(dx, edx)
+
+
+def test_matmul_vjp_with_broadcast_batch_equals_scalar_replay():
+    """dB of a 2-D B against a batched A sums over (batch, row), batch outer."""
+    fmt = formats.get("bfloat16")
+    add, mul = ref_ops(fmt)
+    rng = np.random.default_rng(5)
+    A = fmt.round(rng.standard_normal((3, 2, 4)))
+    B = fmt.round(rng.standard_normal((4, 5)))
+    g = fmt.round(rng.standard_normal((3, 2, 5)))
+    dA, dB = L.matmul_vjp_runtime(fmt, (A, B), g, order="sequential")
+    Ao, Bo, go = (np.asarray(v, dtype=object) for v in (A, B, g))
+    edB = np.empty((4, 5), dtype=object)
+    for j, k in np.ndindex(4, 5):
+        edB[j, k] = tree_sum([mul(Ao[b, i, j], go[b, i, k]) for b in range(3) for i in range(2)],
+                             "sequential", add)
+    edA = np.empty((3, 2, 4), dtype=object)
+    for b, i, j in np.ndindex(3, 2, 4):
+        edA[b, i, j] = tree_sum([mul(go[b, i, k], Bo[j, k]) for k in range(5)], "sequential", add)
+    assert same(dB, edB) and same(dA, edA)
+
+
+# -- fused kernel vs generic path ---------------------------------------------------------------
+def _adversarial_operands(fmt, rng, shape_a, shape_b):
+    A = rng.standard_normal(shape_a) * 3
+    B = rng.standard_normal(shape_b) * 3
+    A.flat[::5] = 0.0                                               # exact products, exact adds
+    B.flat[::7] = -0.0
+    if fmt.max_finite is not None:
+        A.flat[1::9] = float(fmt.max_finite) * 0.75                 # overflow / saturation
+    if fmt.emin is not None:
+        A.flat[2::11] = 2.0 ** (fmt.emin + 3)                       # subnormal products
+    return fmt.round(A), fmt.round(B)
+
+
+@pytest.mark.parametrize("fmt_name", FAST)
+@pytest.mark.parametrize("order", ["sequential", "reversed", "blocked:4"])
+def test_fused_kernel_equals_generic_path_bit_for_bit(fmt_name, order):
+    fmt = formats.get(fmt_name)
+    assert fmt.fast_ops
+    rng = np.random.default_rng(6)
+    A, B = _adversarial_operands(fmt, rng, (2, 5, 13), (2, 13, 4))
+    EA = np.abs(A) * 2.0 ** -9
+    EB = np.abs(B) * 2.0 ** -7
+    EA.flat[3] = np.inf
+    EB.flat[::6] = 0.0
+    Ck, Ek = L._mm3(fmt, A, EA, B, EB, order, kernel=True)
+    Cg, Eg = L._mm3(fmt, A, EA, B, EB, order, kernel=False)
+    np.testing.assert_array_equal(Ck, Cg)                          # NaN == NaN here
+    assert np.array_equal(np.signbit(Ck), np.signbit(Cg))
+    np.testing.assert_array_equal(Ek, Eg)
+    Cr, _ = L._mm3(fmt, A, None, B, None, order, need_bound=False)
+    np.testing.assert_array_equal(Cr, Ck)
+    if fmt.max_finite is not None:
+        assert (~np.isfinite(Ck) | (np.abs(Ck) == float(fmt.max_finite))).any()  # hit overflow
+
+
+@pytest.mark.parametrize("order", ORDERS + ["blocked:1", "blocked:64"])
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_streamed_reduction_equals_accumulate(order, n):
+    """The streaming engine (used by every product reduction) is accumulate, bit for bit."""
+    fmt = formats.get("bfloat16")
+    rng = np.random.default_rng(n)
+    A = fmt.round(rng.standard_normal((1, 3, n)))
+    B = fmt.round(rng.standard_normal((1, n, 2)))
+    EA, EB = np.abs(A) * 1e-3, np.full(B.shape, 1e-4)
+    from nfbound.ops.elementwise import mul_error
+    t, e = mul_error(fmt, A[0, :, None, :], EA[0, :, None, :], np.swapaxes(B[0], 0, 1)[None],
+                     np.swapaxes(EB[0], 0, 1)[None])
+    s_ref, b_ref = accumulate(fmt, t, e, order, axis=-1)
+    s, b = L._mm3(fmt, A, EA, B, EB, order, kernel=False)
+    np.testing.assert_array_equal(s[0], s_ref)
+    np.testing.assert_array_equal(b[0], b_ref)
+    s2, b2 = stream_reduce(fmt, n, lambda j: (t[..., j], e[..., j]), order)
+    np.testing.assert_array_equal(s2, s_ref)
+    np.testing.assert_array_equal(b2, b_ref)
+
+
+# -- enclosure ---------------------------------------------------------------------------------
+def _check_forward_and_vjp(P, fmt, xs_rt, eps, xs_spec, params, rng):
+    out = P.runtime(fmt, *xs_rt, **params)
+    bound = P.bound(fmt, xs_rt, eps, **params)
+    assert np.shape(bound) == np.shape(out)
+    spec = P.spec(*xs_spec, **params)
+    assert spec.encloses(out, bound).all(), f"{P.name} forward"
+    gdata = rng.standard_normal(np.shape(out))
+    g, eg, gspec = runtime_and_eps(fmt, gdata)
+    grads = P.vjp_runtime(fmt, xs_rt, g, **params)
+    gb = P.vjp_bound(fmt, xs_rt, eps, g, eg, **params)
+    gs = P.vjp_spec(xs_spec, gspec, **params)
+    assert len(grads) == len(gb) == len(gs) == len(xs_rt)
+    for i, (r, b, s) in enumerate(zip(grads, gb, gs)):
+        assert np.shape(r) == np.shape(xs_rt[i]) == np.shape(b)
+        assert s.encloses(r, b).all(), f"{P.name} VJP input {i}"
+    return out, bound
+
+
+CASES = [(L.dot, [(9,), (9,)]), (L.matvec, [(4, 6), (6,)]), (L.matmul, [(2, 3, 5), (2, 5, 4)]),
+         (L.matmul, [(2, 1, 3, 5), (3, 5, 2)]), (L.matmul, [(5,), (5, 3)]),
+         (L.linear, [(2, 3, 6), (4, 6), (4,)]), (L.linear, [(6,), (4, 6)])]
+
+
+@pytest.mark.parametrize("fmt_name", PRESETS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("order_free", [False, True])
+def test_enclosure_spec_data_runtime_rounded(fmt_name, case, order_free):
+    """Spec = float64 data, runtime = data rounded to the format, eps = rounding error."""
+    fmt = formats.get(fmt_name)
+    P, shapes = CASES[case]
+    if fmt_name == "decimal32" and (case in (2, 3, 5)) and order_free:
+        pytest.skip("object path: keep the default run fast")
+    rng = np.random.default_rng(case)
+    trip = [runtime_and_eps(fmt, rng.standard_normal(s) * 2) for s in shapes]
+    xs, eps, spec = zip(*trip)
+    order = ORDERS[case % 4]
+    _check_forward_and_vjp(P, fmt, xs, eps, spec, {"order": order, "order_free": order_free}, rng)
+
+
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e5m2", "binary32", "decimal32"])
+@pytest.mark.parametrize("case", [0, 2, 5])
+def test_enclosure_interval_spec(fmt_name, case):
+    """Non-degenerate spec enclosures of half-width eps/2 around the runtime inputs."""
+    fmt = formats.get(fmt_name)
+    P, shapes = CASES[case]
+    rng = np.random.default_rng(10 + case)
+    xs = [fmt.round(rng.standard_normal(s)) for s in shapes]
+    eps = [np.abs(np.asarray(x, dtype=np.float64)) * 2.0 ** -6 + 2.0 ** -12 for x in xs]
+    spec = [between(x, e) for x, e in zip(xs, eps)]
+    _check_forward_and_vjp(P, fmt, tuple(xs), tuple(eps), tuple(spec), {"order": "pairwise"}, rng)
+
+
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2",
+                                      "binary32", "float8_e4m3fn:overflow=saturate"])
+@pytest.mark.parametrize("order_free", [False, True])
+def test_adversarial_cancellation_subnormal_overflow(fmt_name, order_free):
+    fmt = formats.get(fmt_name)
+    big = float(fmt.max_finite) / 2
+    tiny = 2.0 ** fmt.emin
+    rows = [
+        [big, -big, 1.0, 0.5],                    # catastrophic cancellation
+        [1.0, big, -big, 3.0],
+        [tiny * 8, tiny * 2, -tiny * 4, tiny],    # subnormal products against y below
+        [big, big, big, -big],                    # overflow → inf / NaN / saturation
+        [0.0, -0.0, 0.0, 0.0],
+    ]
+    A = fmt.round(np.array(rows))
+    x = fmt.round(np.array([1.0, 1.0, 1.0, 0.75]))
+    x2 = fmt.round(np.array([0.5, 0.25, 1.5, 2.0 ** -3]))
+    for xv in (x, x2):
+        for order in ORDERS:
+            ex = np.abs(xv) * 2.0 ** -20
+            EA = np.zeros(A.shape)
+            P = L.matvec
+            out = P.runtime(fmt, A, xv, order=order)
+            b = P.bound(fmt, (A, xv), (EA, ex), order=order, order_free=order_free)
+            spec = P.spec(Interval.exact(A), between(xv, 2 * ex))
+            assert spec.encloses(out, b).all()
+            bad = ~np.isfinite(out) | (np.abs(out) >= float(fmt.max_finite))
+            assert np.isinf(b[bad]).all(), "an overflowed/saturated entry must have an inf bound"
+            assert np.isfinite(b[0]) and np.isfinite(b[4]) and b[4] == 0.0
+            assert bad[3]
+
+
+def test_subnormal_products_charge_underflow():
+    """Products far below the smallest subnormal round to 0: the bound must still cover them."""
+    fmt = formats.get("bfloat16")
+    x = fmt.round(np.array([2.0 ** -70, 3 * 2.0 ** -80, 2.0 ** -66]))
+    y = fmt.round(np.array([2.0 ** -70, 2.0 ** -60, 3 * 2.0 ** -70]))
+    for order_free in (False, True):
+        out = L.dot.runtime(fmt, x, y)
+        b = L.dot.bound(fmt, (x, y), (0.0, 0.0), order_free=order_free)
+        assert L.dot.spec(Interval.exact(x), Interval.exact(y)).encloses(out, b).all()
+        assert b > 0
+
+
+# -- order-free bounds -------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "binary16", "float8_e5m2", "binary32",
+                                      "decimal32"])
+def test_order_free_bound_encloses_every_order(fmt_name):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(20)
+    n = 12 if fmt_name == "decimal32" else 40
+    A, EA, As = runtime_and_eps(fmt, rng.standard_normal((3, n)))
+    B, EB, Bs = runtime_and_eps(fmt, rng.standard_normal((n, 2)))
+    spec = L.matmul_spec(As, Bs)
+    bound = L.matmul_bound(fmt, (A, B), (EA, EB), order_free=True)
+    for order in ORDERS + ["blocked:1", "blocked:7"]:
+        out = L.matmul_runtime(fmt, A, B, order=order)
+        assert spec.encloses(out, bound).all(), order
+        replay = L.matmul_bound(fmt, (A, B), (EA, EB), order=order)
+        assert spec.encloses(out, replay).all(), order
+    # a random summation tree with FMA (exact products, one rounding per fused add)
+    add, _ = ref_ops(fmt)
+    Ao, Bo = np.asarray(A, dtype=object), np.asarray(B, dtype=object)
+    for i, k in np.ndindex(3, 2):
+        prods = [mpq(Ao[i, j]) * mpq(Bo[j, k]) for j in rng.permutation(n)]
+        s = reference.apply("mul", fmt, mpq(Ao[i, 0]), mpq(Bo[0, k])) * 0  # exact 0 start
+        for p in prods:
+            s = reference.round_rational(mpq(s) + p, fmt)
+        assert spec[i:i + 1, k:k + 1].encloses(np.array([[s]], dtype=object),
+                                              bound[i:i + 1, k:k + 1]).all()
+
+
+@pytest.mark.parametrize("n", [16, 256, 2048])
+def test_order_free_bound_encloses_numpy_blas_float32(n):
+    """NumPy's float32 matmul (BLAS, unknown order, FMA) lies within the order-free bound of
+    the exact product of the same binary32 inputs (and of float64 data they round)."""
+    fmt = formats.get("binary32")
+    rng = np.random.default_rng(n)
+    data_a, data_b = rng.standard_normal((8, n)), rng.standard_normal((n, 6))
+    A, EA, As = runtime_and_eps(fmt, data_a)
+    B, EB, Bs = runtime_and_eps(fmt, data_b)
+    blas = (A.astype(np.float32) @ B.astype(np.float32)).astype(np.float64)
+    exact = L.matmul_spec(Interval.exact(A), Interval.exact(B))
+    b0 = L.matmul_bound(fmt, (A, B), (0.0, 0.0), order_free=True)
+    assert exact.encloses(blas, b0).all()
+    b1 = L.matmul_bound(fmt, (A, B), (EA, EB), order_free=True)
+    assert L.matmul_spec(As, Bs).encloses(blas, b1).all()
+    # the bound is not vacuous: within a small factor of γ_n·Σ|ab|
+    S = np.abs(A) @ np.abs(B)
+    assert (b0 <= 2.5 * n * 2.0 ** -24 * S + 1e-30).all()
+    # the BLAS result differs from our sequential runtime somewhere for long sums (it is a
+    # different order) — the order-free bound is what covers it
+    if n >= 256:
+        assert (blas != L.matmul_runtime(fmt, A, B)).any()
+
+
+def test_order_free_guard_makes_bound_infinite_near_overflow():
+    fmt = formats.get("float8_e4m3fn:overflow=saturate")
+    x = fmt.round(np.array([200.0, 200.0, -200.0]))
+    y = fmt.round(np.array([1.0, 1.0, 1.0]))
+    # sequential: 200+200 saturates to 448, then −200 → 248: finite but wrong by 152
+    out = L.dot.runtime(fmt, x, y)
+    assert out == 248.0
+    b = L.dot.bound(fmt, (x, y), (0.0, 0.0), order_free=True)
+    assert np.isinf(b)
+    assert np.isinf(L.dot.bound(fmt, (x, y), (0.0, 0.0)))
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_bad_shapes_and_params_raise_naming_the_argument():
+    fmt = formats.get("bfloat16")
+    a3, a4 = np.ones(3), np.ones(4)
+    M = np.ones((3, 4))
+    with pytest.raises(ValueError, match="x and y"):
+        L.dot.runtime(fmt, a3, a4)
+    with pytest.raises(ValueError, match="x must be 1-D"):
+        L.dot.runtime(fmt, M, a4)
+    with pytest.raises(ValueError, match="A has 4 columns but x has length 3"):
+        L.matvec.runtime(fmt, M, a3)
+    with pytest.raises(ValueError, match="A must be 2-D"):
+        L.matvec.runtime(fmt, a3, a3)
+    with pytest.raises(ValueError, match="A and B do not contract"):
+        L.matmul.runtime(fmt, M, M)
+    with pytest.raises(ValueError, match="batch dimensions"):
+        L.matmul.runtime(fmt, np.ones((2, 3, 4)), np.ones((3, 4, 2)))
+    with pytest.raises(ValueError, match="A must have at least one dimension"):
+        L.matmul.runtime(fmt, np.float64(1.0), a3)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        L.linear.runtime(fmt, M, np.ones((2, 4)), np.ones(3))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        L.linear.runtime(fmt, M, a4)
+    with pytest.raises(ValueError, match="input has 4 features"):
+        L.linear.runtime(fmt, M, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="order"):
+        L.matmul.runtime(fmt, M, M.T, order="random")
+    with pytest.raises(ValueError, match="order_free"):
+        L.matmul.bound(fmt, (M, M.T), (0.0, 0.0), order_free="yes")
+    with pytest.raises(ValueError, match="eps_B"):
+        L.matmul.bound(fmt, (M, M.T), (0.0, np.ones(5)))
+    with pytest.raises(ValueError, match="eps_A"):
+        L.matmul.bound(fmt, (M, M.T), (-np.ones(4), 0.0))
+    with pytest.raises(ValueError, match="A contains NaN"):
+        L.matmul.runtime(fmt, np.full((3, 4), np.nan), M.T)
+    with pytest.raises(ValueError, match="g has shape"):
+        L.matmul.vjp_runtime(fmt, (M, M.T), np.ones((4, 4)))
+
+
+# -- property tests ----------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt_name=st.sampled_from(["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2"]),
+       m=st.integers(1, 4), n=st.integers(0, 9), k=st.integers(1, 4),
+       batch=st.sampled_from([(), (2,), (1, 2)]), order=st.sampled_from(ORDERS),
+       scale=st.sampled_from([1.0, 2.0 ** -8, 64.0]), seed=st.integers(0, 2 ** 16))
+def test_property_matmul_enclosure_and_replay(fmt_name, m, n, k, batch, order, scale, seed):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(seed)
+    A, EA, As = runtime_and_eps(fmt, rng.standard_normal(batch + (m, n)) * scale)
+    B, EB, Bs = runtime_and_eps(fmt, rng.standard_normal((n, k)) * scale)
+    P = L.matmul
+    for order_free in (False, True):
+        _check_forward_and_vjp(P, fmt, (A, B), (EA, EB), (As, Bs),
+                               {"order": order, "order_free": order_free}, rng)
+    if batch == ():
+        assert same(P.runtime(fmt, A, B, order=order), ref_matmul(fmt, A, B, order))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt_name", PRESETS)
+def test_slow_sweep_enclosure_all_cases_orders(fmt_name):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(99)
+    for (P, shapes), order, of in itertools.product(CASES, ORDERS, (False, True)):
+        scale = float(rng.choice([1.0, 2.0 ** -10, 30.0]))
+        trip = [runtime_and_eps(fmt, rng.standard_normal(s) * scale) for s in shapes]
+        xs, eps, spec = zip(*trip)
+        _check_forward_and_vjp(P, fmt, xs, eps, spec, {"order": order, "order_free": of}, rng)

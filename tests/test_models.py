@@ -1,0 +1,169 @@
+"""Model import (PyTorch via torch.fx, ONNX) and the built-in demo model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from nfbound.formats import get as get_format  # noqa: E402
+from nfbound.models import demo_input, demo_labels, demo_model, demo_program  # noqa: E402
+from nfbound.models import onnx_import, torch_import  # noqa: E402
+from nfbound.models.demo import DEMO_PATH  # noqa: E402
+
+
+class Mixed(nn.Module):
+    """Every import path at once: modules, functional forms, a view, a raw parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False)
+        self.deconv = nn.ConvTranspose2d(3, 2, 2, stride=2)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(32, 5)
+        self.w = nn.Parameter(torch.randn(4, 5) / 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x))
+        h = F.softplus(self.deconv(h))
+        h = torch.sigmoid(self.pool(h))
+        h = h.view(h.size(0), -1)
+        h = F.relu(self.fc(h))
+        h = F.linear(h, self.w)
+        return F.softmax(h, dim=1)
+
+
+def _export(model, x, path):
+    model.eval()
+    torch.onnx.export(model, torch.as_tensor(x, dtype=next(model.parameters()).dtype), str(path),
+                      dynamo=False)
+    return path
+
+
+def _mixed():
+    torch.manual_seed(0)
+    return Mixed(), np.random.default_rng(0).standard_normal((2, 2, 8, 8))
+
+
+def _forward(program, x, fmt="bfloat16"):
+    return program.to_graph().forward(get_format(fmt), inputs={"x": x}, progress=False)
+
+
+# -- PyTorch vs ONNX -------------------------------------------------------------------------------
+def test_demo_torch_and_onnx_give_the_same_program(tmp_path):
+    m, x = demo_model(), demo_input()
+    a = torch_import.trace(m, x)
+    b = onnx_import.load(_export(m, x, tmp_path / "demo.onnx"))
+    assert [s.op for s in a.steps] == ["conv", "relu", "max_pool", "flatten", "linear"]
+    assert a.signature() == b.signature()
+    assert a.signature() == demo_program().signature()
+    assert [s.name for s in a.steps] == [s.name for s in demo_program().steps]
+
+
+def test_mixed_torch_and_onnx_give_the_same_program(tmp_path):
+    m, x = _mixed()
+    a = torch_import.trace(m, x)
+    b = onnx_import.load(_export(m, x, tmp_path / "mixed.onnx"))
+    assert [s.op for s in a.steps] == ["conv", "tanh", "conv_transpose", "softplus", "avg_pool",
+                                       "sigmoid", "reshape", "linear", "relu", "linear", "softmax"]
+    assert a.signature() == b.signature()
+    # the conv without bias got an explicit zero bias; the parameters are the float32 weights
+    conv = a.steps[0]
+    assert not np.any(a.params[conv.inputs[2]])
+    assert np.array_equal(a.params["fc.weight"], m.fc.weight.detach().double().numpy())
+    # changing one weight changes the signature (the comparison can fail)
+    c = torch_import.trace(m, x)
+    c.params["fc.weight"] = c.params["fc.weight"].copy()
+    c.params["fc.weight"][0, 0] += 2.0 ** -20
+    assert c.signature() != a.signature()
+
+
+def test_demo_torch_and_onnx_give_the_same_bounds(tmp_path):
+    m, x = demo_model(), demo_input()
+    ra = _forward(torch_import.trace(m, x), x)
+    rb = _forward(onnx_import.load(_export(m, x, tmp_path / "demo.onnx")), x)
+    assert ra.holds and rb.holds
+    la, lb = ra.graph.topological_order(), rb.graph.topological_order()
+    assert [ra.graph.nodes[n].op for n in la] == [rb.graph.nodes[n].op for n in lb]
+    for na, nb in zip(la, lb):
+        assert np.array_equal(ra.eps[na], rb.eps[nb])
+        assert np.array_equal(np.asarray(ra.runtime[na]), np.asarray(rb.runtime[nb]))
+
+
+@pytest.mark.slow
+def test_mixed_torch_and_onnx_give_the_same_bounds(tmp_path):
+    m, x = _mixed()
+    ra = _forward(torch_import.trace(m, x), x, "binary16")
+    rb = _forward(onnx_import.load(_export(m, x, tmp_path / "mixed.onnx")), x, "binary16")
+    assert ra.holds and rb.holds
+    for na, nb in zip(ra.graph.topological_order(), rb.graph.topological_order()):
+        assert np.array_equal(ra.eps[na], rb.eps[nb])
+
+
+# -- the demo model ---------------------------------------------------------------------------------
+def test_demo_data():
+    x, y = demo_input(), demo_labels()
+    assert DEMO_PATH.stat().st_size < 20_000
+    assert x.shape == (8, 1, 8, 8) and x.dtype == np.float64 and 0 <= x.min() and x.max() <= 1
+    assert y.shape == (8,) and y.dtype.kind == "i"
+    with torch.no_grad():
+        pred = demo_model()(torch.from_numpy(x)).argmax(1).numpy()
+    assert (pred == y).sum() >= 7          # the trained model classifies the demo digits
+
+
+def test_demo_spec_equals_torch_float64_forward():
+    """The spec path is the exact real forward: it agrees with PyTorch's float64 forward of the
+    same weights to float64 accuracy (the float64 forward itself errs by ~1e-16 relative)."""
+    x = demo_input()
+    res = _forward(demo_program(), x)
+    with torch.no_grad():
+        ref = demo_model()(torch.from_numpy(x)).numpy()
+    spec = res.spec["4"].to_float()
+    assert spec.shape == ref.shape == (8, 10)
+    np.testing.assert_allclose(spec, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+    # and the bfloat16 runtime is visibly different from it (the check is not vacuous)
+    assert np.abs(np.asarray(res.runtime["4"], dtype=np.float64) - ref).max() > 1e-4
+    assert res.holds
+
+
+# -- unsupported layers -----------------------------------------------------------------------------
+def test_unsupported_module_names_layer_and_type():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match=r"unsupported layer '1' \(BatchNorm2d\)"):
+        torch_import.trace(m, np.zeros((1, 1, 5, 5)))
+
+
+def test_unsupported_function_and_options():
+    class G(nn.Module):
+        def forward(self, x):
+            return F.gelu(x)
+    with pytest.raises(ValueError, match=r"unsupported layer 'gelu' \(function gelu\)"):
+        torch_import.trace(G(), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match=r"'0' \(Conv2d\): dilation"):
+        torch_import.trace(nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2)), np.zeros((1, 1, 7, 7)))
+    with pytest.raises(ValueError, match=r"'0' \(Conv2d\): groups"):
+        torch_import.trace(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), np.zeros((1, 2, 7, 7)))
+    with pytest.raises(ValueError, match=r"Softplus\): beta"):
+        torch_import.trace(nn.Sequential(nn.Softplus(beta=2)), np.zeros((1, 3)))
+
+
+def test_unsupported_onnx_node_names_node_and_op():
+    from onnx import TensorProto, helper
+    node = helper.make_node("LeakyRelu", ["x"], ["y"], name="act1")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph)
+    with pytest.raises(ValueError, match=r"unsupported node 'act1' \(LeakyRelu\)"):
+        onnx_import.from_model(model)
+
+
+def test_view_needs_example_input():
+    class V(nn.Module):
+        def forward(self, x):
+            return x.view(x.size(0), -1)
+    with pytest.raises(ValueError, match="example input"):
+        torch_import.trace(V())
+    assert torch_import.trace(V(), np.zeros((2, 3, 4))).steps[0].params == {"shape": (2, 12)}
