@@ -375,7 +375,9 @@ def cmd_bound(args) -> int:
     progress = False if args.quiet else None
     t0 = time.perf_counter()
     res = graph.forward(fmt, inputs=inputs, order=args.order, spec=True, progress=progress)
-    rows = res.report()
+    from .graph.report import rows as report_rows
+    shown = [n for n in graph.topological_order() if graph.nodes[n].kind != "label"]
+    rows = report_rows(graph, shown, res.runtime, res.spec, res.eps, fmt)
     t1 = time.perf_counter()
     back_rows = None
     if loss is not None:

@@ -43,7 +43,7 @@ def test_ctx_add_bound_encloses(fmt_name):
     assert (xs + ys).encloses(s, b).all()
     assert np.array_equal(np.asarray(ctx_add_bound(fmt, x, ex, y, ey)), b)
     # an exactly zero operand charges no rounding: the bound is ε_x + ε_y alone
-    assert np.array_equal(b[:3], add_up(ex[:3], ey[:3]))
+    assert np.array_equal(b[:3], add_up(ex[:3], ey[:3], np.zeros(3)))
     assert np.all(b[3:] > ey[3:])
 
 
@@ -51,7 +51,8 @@ def test_ctx_add_bound_overflow_is_inf():
     fmt = formats.get("float16")
     x = fmt.round(np.array([65504.0, 1.0]))
     s, b = ctx_add(fmt, x, np.zeros(2), x, np.zeros(2))
-    assert math.isinf(s[0]) and math.isinf(b[0]) and b[1] == 0.0
+    assert math.isinf(s[0]) and math.isinf(b[0])
+    assert s[1] == 2.0 and 2.0 ** -10 <= b[1] <= 2.0 ** -10 * (1 + 1e-12)   # half an ulp of 2
 
 
 def test_ctx_add_bound_tie_half_ulp():
@@ -148,8 +149,7 @@ def test_report_reason_for_infinite_bound():
     fmt = formats.get("float16")
     g = Graph()
     x = g.input("x")
-    y = g.op("mul", x, x, name="y")
-    z = g.op("add", y, x, name="z")
+    g.op("mul", x, x, name="y")          # overflows: the next op would refuse the inf input
     res = g.forward(fmt, {"x": np.array([65504.0 * 0.75])}, spec=False)
     rows = {r["node"]: r for r in res.report()}
     assert math.isinf(rows["y"]["max_bound"]) and "overflow" in rows["y"]["reason"]

@@ -331,10 +331,10 @@ def test_adversarial_cancellation_subnormal_overflow(fmt_name, order_free):
     big = float(fmt.max_finite) / 2
     tiny = 2.0 ** fmt.emin
     rows = [
-        [big, -big, 1.0, 0.5],                    # catastrophic cancellation
-        [1.0, big, -big, 3.0],
+        [big / 2, -big / 2, 1.0, 0.5],            # catastrophic cancellation
+        [1.0, big / 2, -big / 2, 3.0],
         [tiny * 8, tiny * 2, -tiny * 4, tiny],    # subnormal products against y below
-        [big, big, big, -big],                    # overflow → inf / NaN / saturation
+        [big, big, big, big],                     # overflow → inf / NaN / saturation
         [0.0, -0.0, 0.0, 0.0],
     ]
     A = fmt.round(np.array(rows))
@@ -351,8 +351,10 @@ def test_adversarial_cancellation_subnormal_overflow(fmt_name, order_free):
             assert spec.encloses(out, b).all()
             bad = ~np.isfinite(out) | (np.abs(out) >= float(fmt.max_finite))
             assert np.isinf(b[bad]).all(), "an overflowed/saturated entry must have an inf bound"
-            assert np.isfinite(b[0]) and np.isfinite(b[4]) and b[4] == 0.0
-            assert bad[3]
+            assert bad[3] and np.isinf(b[3])
+            assert np.isfinite(b[2]) and b[4] <= 8 * fmt.eta
+            if not order_free:
+                assert np.isfinite(b[:3]).all() and b[4] < 1e-300
 
 
 def test_subnormal_products_charge_underflow():
@@ -388,7 +390,7 @@ def test_order_free_bound_encloses_every_order(fmt_name):
     Ao, Bo = np.asarray(A, dtype=object), np.asarray(B, dtype=object)
     for i, k in np.ndindex(3, 2):
         prods = [mpq(Ao[i, j]) * mpq(Bo[j, k]) for j in rng.permutation(n)]
-        s = reference.apply("mul", fmt, mpq(Ao[i, 0]), mpq(Bo[0, k])) * 0  # exact 0 start
+        s = mpq(0)
         for p in prods:
             s = reference.round_rational(mpq(s) + p, fmt)
         assert spec[i:i + 1, k:k + 1].encloses(np.array([[s]], dtype=object),

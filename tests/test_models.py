@@ -14,6 +14,9 @@ from nfbound.models import demo_input, demo_labels, demo_model, demo_program  # 
 from nfbound.models import onnx_import, torch_import  # noqa: E402
 from nfbound.models.demo import DEMO_PATH  # noqa: E402
 
+# torch.onnx.export(dynamo=False) is the legacy exporter (the dynamo one needs onnxscript)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 
 class Mixed(nn.Module):
     """Every import path at once: modules, functional forms, a view, a raw parameter."""

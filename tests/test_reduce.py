@@ -144,10 +144,10 @@ def test_adversarial_sums(fmt_name, order_free):
     big = float(fmt.max_finite)
     tiny = 2.0 ** fmt.emin
     x = fmt.round(np.array([
-        [big / 2, -big / 2, 1.0, 2.0 ** -3, 0.0],      # cancellation
-        [1.0, big / 2, -big / 2, 3.0, -1.0],
+        [big / 4, -big / 4, 1.0, 2.0 ** -3, 0.0],      # cancellation
+        [1.0, big / 4, -big / 4, 3.0, -1.0],
         [tiny, tiny, -tiny, tiny * 3, 0.0],           # subnormal sums are exact
-        [big, big / 2, -big, -big / 2, big],          # overflow / saturation
+        [big, big / 2, big / 2, -big / 4, big / 4],   # overflow / saturation in every order
         [0.0, -0.0, 0.0, 0.0, 0.0],
     ]))
     ex = np.zeros(x.shape)
@@ -157,14 +157,15 @@ def test_adversarial_sums(fmt_name, order_free):
             p = {"axis": 1, "order": order, "order_free": order_free}
             out = P.runtime(fmt, x, **p)
             b = P.bound(fmt, (x,), (ex,), **p)
-            assert between(x, 2 * ex) is not None
             assert P.spec(between(x, 2 * ex), **p).encloses(out, b).all()
             bad = ~np.isfinite(out) | (np.abs(out) >= big)
             assert np.isinf(b[bad]).all()
             assert np.isinf(b[3]), "a sum that may overflow gets an infinite bound"
-            assert np.isfinite(b[[0, 1, 2, 4]]).all() and b[4] == 0.0
+            assert np.isfinite(b[[0, 1, 2, 4]]).all() and b[4] <= 8 * fmt.eta
+            if not order_free:
+                assert b[4] < 1e-300
             if P is R.sum and not order_free:
-                assert b[2] == 0.0, "exact subnormal additions are charged nothing"
+                assert b[2] < 1e-300, "exact subnormal additions are charged nothing"
 
 
 def test_max_bound_is_exact_op_and_tighter_than_max_eps():

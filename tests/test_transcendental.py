@@ -250,11 +250,11 @@ def test_correct_rounding_random_and_hard(name, fmt_name):
     send those to the slow path: at least one is checked to have gone there)."""
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(hash((name, fmt_name)) % 2**32)
-    n = 300 if fmt_name == "binary64" else 1500
+    n = 200 if fmt_name == "binary64" else 800
     pool = fmt.round(np.concatenate([rng.standard_normal(200_000) * 8,
                                      np.exp(rng.uniform(-20, 5, 100_000))]))
     pool = pool[np.isfinite(pool)]
-    hard = near_boundary(name, fmt, pool, 300)
+    hard = near_boundary(name, fmt, pool, 200)
     x = np.concatenate([_domain(name, fmt, sample_values(rng, fmt, n)), hard])
     check_against_oracle(name, fmt, x)
     if fmt_name == "binary32":   # coarser formats have no value within 2^−40 of a boundary
@@ -352,7 +352,7 @@ def test_fast_path_equals_scalar_slow_path_bit_for_bit():
                 arg = mpq(float(xi))
                 r = T.correctly_rounded(name, fmt, max(arg, mpq(2) ** -1074) if name == "log" else arg)
                 r = float(r)
-                if r == 0 and ((name == "tanh" and xi < 0) or (name == "log" and xi < 1)):
+                if r == 0 and ((name == "tanh" and np.signbit(xi)) or (name == "log" and xi < 1)):
                     r = -0.0
                 assert (np.isnan(oi) and np.isnan(r)) or (oi == r and np.signbit(oi) == np.signbit(r)), \
                     (name, fmt_name, xi, oi, r)
@@ -411,7 +411,7 @@ def check_enclosure(op: str, fmt, x, spec, eps, params, rng, eg_rel: float = 0.0
 def test_enclosure_forward_and_vjp(op, fmt_name):
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(hash((op, fmt_name, 2)) % 2**32)
-    n = 12 if fmt_name in ("decimal32", "binary64") else 60
+    n = 10 if fmt_name in ("decimal32", "binary64") else 30
     x = _inputs(op, fmt, rng, n)
     params = {"c": [1e-12, 0.1, 0.5][int(rng.integers(3))]} if op == "safe_log" else {}
     for rel, mode, eg_rel in [(0.0, "point", 0.0), (2.0 ** -8, "interval", 2.0 ** -9),
@@ -452,6 +452,10 @@ def test_enclosure_adversarial(op):
         x = x[np.isfinite(x)]
         if op == "safe_log":
             x = np.abs(x)
+        if op == "exp" and (x > 2 ** 20).any():   # e^x has no enclosure there: the spec refuses
+            with pytest.raises(ValueError, match="exceeds 2\\^20"):
+                T.exp_spec(Interval.exact(x[x > 2 ** 20]))
+        x = x[x <= 2 ** 20] if op == "exp" else x
         params = {"c": float(fmt.round(np.array([0.1]))[0])} if op == "safe_log" else {}
         for rel in (0.0, 2.0 ** -10, 1.0):
             spec, eps = _spec_with_eps(rng, fmt, x, rel, "interval")
@@ -477,7 +481,7 @@ def test_safe_log_kink_cases():
     assert same_value(y, oracle("log", fmt, mpq(0.1)))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(op=st.sampled_from(OPS), fmt_name=st.sampled_from(["bfloat16", "binary16", "float8_e5m2",
                                                           "float8_e4m3fn", "tf32"]),
        shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
@@ -502,7 +506,7 @@ def test_spec_exact_points_and_errors():
     assert T.sigmoid_spec(z).lo[0] == mpq(1, 2) and T.sigmoid_spec(z).is_exact
     assert T.safe_log_spec(Interval.exact(np.array([1.0]))).lo[0] == 0
     s = T.exp_spec(Interval.exact(np.array([1.0])))
-    assert s.lo[0] < mpq(271828182845904523536, 10**20) < s.hi[0]
+    assert mpq(2718281828459045235360, 10**21) < s.lo[0] < s.hi[0] < mpq(2718281828459045235361, 10**21)
     assert s.hi[0] - s.lo[0] < mpq(2) ** -190
     with pytest.raises(ValueError, match="c must be"):
         T.safe_log_runtime(formats.get("bfloat16"), np.array([1.0]), c=0.0)
@@ -566,7 +570,7 @@ def test_never_looser_than_torchlean(op, fmt_name):
             valid = np.maximum(x, c) - eps > 0
             ours, tl = ours[valid], tl[valid]
         assert np.all(ours <= tl * (1 + 2.0 ** -40)), (op, rel, np.max(ours / tl))
-        if op in ("tanh", "sigmoid") and rel > 0:
+        if op in ("tanh", "sigmoid") and 0 < rel < 1:
             assert np.median(ours / tl) < 0.5   # uses ε, not the range
 
 

@@ -34,7 +34,11 @@ ROUNDING_CODES = {"nearest_even": NEAREST_EVEN, "nearest_away": NEAREST_AWAY,
 OVERFLOW_CODES = {"none": OVF_NONE, "ieee": OVF_IEEE, "saturate": OVF_SATURATE, "nan": OVF_NAN}
 
 _SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's splitting constant for binary64
-_jit = numba.njit(cache=True, nogil=True, inline="always")
+# No Numba-IR inlining (``inline="always"``): LLVM inlines these small helpers anyway, and IR
+# inlining of ``round_scalar`` at each call site of ``op_scalar`` made ``op_array`` take
+# minutes to compile (parfors over the blown-up IR); same speed without it.
+# error_model="numpy": x/0 is ±inf or NaN (IEEE), never ZeroDivisionError.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @intrinsic
@@ -257,7 +261,7 @@ def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     return round_scalar(s, _sgn(rem), p, emin, max_finite, rounding, overflow)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def round_array(x, p, emin, max_finite, rounding, overflow):
     """Elementwise :func:`round_scalar` over a contiguous float64 array."""
     flat = x.ravel()
@@ -267,7 +271,7 @@ def round_array(x, p, emin, max_finite, rounding, overflow):
     return out.reshape(x.shape)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def op_array(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     """Elementwise :func:`op_scalar` over two same-shape contiguous float64 arrays."""
     fa = a.ravel()

@@ -417,9 +417,9 @@ def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, o
         bias = _f64(b) if b is not None else np.zeros(Co)
         ebias = _f64(eb) if (b is not None and with_bound) else np.zeros(Co)
         out, bnd = conv_kernels.gather_reduce(
-            _f64(A), _f64(eA) if with_bound else _DUMMY3, _f64(W),
-            _f64(eW) if with_bound else _DUMMY3, bias, ebias, *table, b is not None,
-            with_bound, *_kernel_args(fmt))
+            _f64(A), _f64(eA) if with_bound else _DUMMY3, _f64(W.transpose(0, 2, 1)),
+            _f64(eW.transpose(0, 2, 1)) if with_bound else _DUMMY3, bias, ebias, *table,
+            b is not None, with_bound, *_kernel_args(fmt))
         return out, (bnd if with_bound else None)
     return _gather_reduce_generic(fmt, A, eA, W, eW, b, eb, table, order, with_bound, obj)
 
@@ -428,8 +428,9 @@ def _weight_grad(fmt, X, eX, D, eD, table, order, with_bound, engine, obj):
     """``g[co, ci, k] = Σ_n Σ_j RN(X[n, ci, first[k, j]]·D[n, co, second[k, j]])`` with bound."""
     if _compiled(fmt, order, engine, (X, D)):
         out, bnd = conv_kernels.weight_grad(
-            _f64(X), _f64(eX) if with_bound else _DUMMY3, _f64(D),
-            _f64(eD) if with_bound else _DUMMY3, *table, with_bound, *_kernel_args(fmt))
+            _f64(X), _f64(eX) if with_bound else _DUMMY3, _f64(D.transpose(0, 2, 1)),
+            _f64(eD.transpose(0, 2, 1)) if with_bound else _DUMMY3, *table, with_bound,
+            *_kernel_args(fmt))
         return out, (bnd if with_bound else None)
     return _weight_grad_generic(fmt, X, eX, D, eD, table, order, with_bound, obj)
 

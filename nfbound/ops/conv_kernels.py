@@ -41,12 +41,13 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from ..formats.fast import OVF_NAN, OVF_SATURATE, op_scalar
+from ..formats.fast import DOWNWARD, NEAREST_EVEN, OVF_NAN, OVF_SATURATE, round_scalar, two_product, two_sum
 
 _inline = numba.njit(cache=True, nogil=True)
 _kernel = numba.njit(cache=True, nogil=True, parallel=True)
+_ABS = np.int64(0x7FFFFFFFFFFFFFFF)
+_SIGN = np.int64(-0x8000000000000000)
 _TINY = 5e-324          # nextafter(0, +inf): the smallest positive binary64 value
-_ADD, _MUL = 0, 2
 
 
 @intrinsic
@@ -95,19 +96,53 @@ def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
         return math.inf
     if saturates and abs(z) == max_finite:
         return math.inf
-    if z == 0.0:
+    E = (_f2i(z) & _ABS) >> 52
+    if E != 0:                      # normal binary64: mag(z) = E − 1022, no libm call
+        c = max(E - 1022 - p, emin)
+    elif z == 0.0:
         c = emin
     else:
         c = max(math.frexp(z)[1] - p, emin)
-    h = math.ldexp(1.0, c)
+    if nearest:
+        c -= 1
+    if c >= -1022:                  # 2^c (the ulp, or ulp/2), built from its bit pattern
+        return _i2f((c + 1023) << 52)
+    h = math.ldexp(1.0, c + 1 if nearest else c)   # as NumPy: ulp, then · 0.5 (may underflow)
     return h * 0.5 if nearest else h
 
 
 @_inline
-def _op(op, a, b, p, emin, max_finite, rounding, overflow, simple):
-    """``Format._op`` on scalars: the compiled operation, then infinities mapped to NaN or
-    ``±max`` in formats without infinities (as ``Format._no_inf`` does)."""
-    z = op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple)   # inlined here once
+def _round(x, sticky, p, emin, max_finite, rounding, overflow):
+    """:func:`nfbound.formats.fast.round_scalar` with a branch-free hot path.
+
+    For a normal binary64 ``x`` without residual, ties-to-even, the rounding to the quantum
+    ``2^c`` (``d = c − q`` dropped bits, ``1 ≤ d ≤ 52``) is the integer rounding of the bit
+    pattern ``a = |x|``: ``(a + 2^(d−1) − 1 + lsb) & ~(2^d − 1)`` with ``lsb`` the last kept
+    bit (a carry happens iff the remainder exceeds half, or equals it with ``lsb = 1``; a
+    carry into the exponent field is the carry into the next binade). Same ``d`` as
+    ``round_scalar``'s hot path; every other case (overflow included) is delegated to it.
+    Data-dependent branches are what cost most on random data, hence this form.
+    """
+    if sticky == 0 and rounding == NEAREST_EVEN:
+        b = _f2i(x)
+        a = b & _ABS
+        E = a >> 52
+        if E != 0 and E != 0x7FF:
+            d = max(53 - p, emin + 1075 - E)
+            if d <= 0:
+                return x
+            if d <= 52:
+                one = np.int64(1)
+                r = (a + ((one << (d - 1)) - 1) + ((a >> d) & one)) & ~((one << d) - 1)
+                if _i2f(r) <= max_finite:
+                    return _i2f(r | (b & _SIGN))
+    return round_scalar(x, sticky, p, emin, max_finite, rounding, overflow)
+
+
+@_inline
+def _no_inf(z, max_finite, overflow):
+    """Infinities in formats without them: NaN (``overflow="nan"``) or ``±max``
+    (``"saturate"``), as ``Format._no_inf`` does after every compiled operation."""
     if z == math.inf or z == -math.inf:
         if overflow == OVF_NAN:
             return math.nan
@@ -117,10 +152,44 @@ def _op(op, a, b, p, emin, max_finite, rounding, overflow, simple):
 
 
 @_inline
+def mul(a, b, p, emin, max_finite, rounding, overflow, simple):
+    """``RN(a·b)``: the multiplication branch of :func:`nfbound.formats.fast.op_scalar` (binary64
+    product, Dekker's exact residual as the sticky bit unless ``simple``), then overflow.
+
+    Written with a single call site of ``round_scalar`` (Numba inlines ``op_scalar`` and its
+    eight ``round_scalar`` sites at the IR level, which makes kernels calling it take minutes to
+    compile); bit-identity with ``Format.mul`` is tested.
+    """
+    s = a * b
+    sticky = 0
+    if not (simple or not math.isfinite(s) or s == 0.0):
+        s, rho = two_product(a, b)
+        sticky = (rho > 0.0) - (rho < 0.0)
+    return _no_inf(_round(s, sticky, p, emin, max_finite, rounding, overflow),
+                   max_finite, overflow)
+
+
+@_inline
+def add(a, b, p, emin, max_finite, rounding, overflow, simple):
+    """``RN(a + b)``: the addition branch of :func:`nfbound.formats.fast.op_scalar` (TwoSum
+    residual as the sticky bit unless ``simple``; an exact zero sum is −0 under rounding
+    downward unless both operands are +0, IEEE 754 §6.3), then overflow."""
+    s = a + b
+    if s == 0.0 and rounding == DOWNWARD and (_f2i(a) | _f2i(b)) != 0:
+        return -0.0
+    sticky = 0
+    if not (simple or not math.isfinite(s)):
+        s, rho = two_sum(a, b)
+        sticky = (rho > 0.0) - (rho < 0.0)
+    return _no_inf(_round(s, sticky, p, emin, max_finite, rounding, overflow),
+                   max_finite, overflow)
+
+
+@_inline
 def _product(a, ea, w, ew, with_bound, p, emin, max_finite, rounding, overflow, simple,
              nearest, saturates):
     """``(RN(a·w), ε_t)`` with the mul rule ``|a|ε_w + |w|ε_a + ε_aε_w + r_mul``."""
-    t = _op(_MUL, a, w, p, emin, max_finite, rounding, overflow, simple)
+    t = mul(a, w, p, emin, max_finite, rounding, overflow, simple)
     if not with_bound:
         return t, 0.0
     r = rounding_term(t, a == 0.0 or w == 0.0, p, emin, max_finite, nearest, saturates)
@@ -135,7 +204,7 @@ def _accumulate(started, s, e, t, et, with_bound, p, emin, max_finite, rounding,
     ``e ← (e ⊕ ε_t) ⊕ r_add``."""
     if not started:
         return t, et
-    s2 = _op(_ADD, s, t, p, emin, max_finite, rounding, overflow, simple)
+    s2 = add(s, t, p, emin, max_finite, rounding, overflow, simple)
     if with_bound:
         r = rounding_term(s2, s == 0.0 or t == 0.0, p, emin, max_finite, nearest, saturates)
         e = up(up(e + et) + r)
@@ -145,79 +214,99 @@ def _accumulate(started, s, e, t, et, with_bound, p, emin, max_finite, rounding,
 @_kernel
 def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_bound,
                   p, emin, max_finite, rounding, overflow, simple, nearest, saturates):
-    """``out[n, co, t] = Σ_{c} Σ_{j < count[t]} RN(A[n, c, first[t, j]] · W[c, co, second[t, j]])``
+    """``out[n, co, t] = Σ_c Σ_{j < count[t]} RN(A[n, c, first[t, j]] · W[c, second[t, j], co])``
     accumulated sequentially over ``c`` (outer) then ``j``, bias last; with its replay bound.
 
-    Shapes: ``A, eA`` (N, C, S); ``W, eW`` (C, Co, K); ``bias, eb`` (Co,); tables (P, M).
-    Serves the conv forward, the conv input gradient and the transpose-conv forward.
+    Shapes: ``A, eA`` (N, C, S); ``W, eW`` (C, K, Co); ``bias, eb`` (Co,); tables (P, M).
+    Serves the conv forward, the conv input gradient and the transpose-conv forward. One
+    parallel task per ``(n, t)``; the innermost loop runs over the independent sums of all
+    output channels (the order of each sum is unchanged), which lets the CPU overlap them.
     """
     N, C = A.shape[0], A.shape[1]
-    Co = W.shape[1]
+    Co = W.shape[2]
     P = first.shape[0]
     out = np.zeros((N, Co, P))
     bnd = np.zeros((N, Co, P))
-    for q in prange(N * Co * P):
-        n = q // (Co * P)
-        co = (q // P) % Co
+    for q in prange(N * P):
+        n = q // P
         t = q % P
-        s = 0.0
-        e = 0.0
+        s = np.zeros(Co)
+        e = np.zeros(Co)
         started = False
-        m = count[t]
         for c in range(C):
-            for j in range(m):
-                a = A[n, c, first[t, j]]
-                w = W[c, co, second[t, j]]
-                ea = eA[n, c, first[t, j]] if with_bound else 0.0
-                ew = eW[c, co, second[t, j]] if with_bound else 0.0
-                tt, et = _product(a, ea, w, ew, with_bound, p, emin, max_finite, rounding,
-                                  overflow, simple, nearest, saturates)
-                s, e = _accumulate(started, s, e, tt, et, with_bound, p, emin, max_finite,
-                                   rounding, overflow, simple, nearest, saturates)
+            for j in range(count[t]):
+                i = first[t, j]
+                k = second[t, j]
+                a = A[n, c, i]
+                if with_bound:
+                    ea = eA[n, c, i]
+                    for co in range(Co):
+                        tt, et = _product(a, ea, W[c, k, co], eW[c, k, co], True, p, emin,
+                                          max_finite, rounding, overflow, simple, nearest,
+                                          saturates)
+                        s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
+                                                   max_finite, rounding, overflow, simple,
+                                                   nearest, saturates)
+                else:
+                    for co in range(Co):
+                        tt = mul(a, W[c, k, co], p, emin, max_finite, rounding, overflow, simple)
+                        s[co] = add(s[co], tt, p, emin, max_finite, rounding, overflow,
+                                    simple) if started else tt
                 started = True
-        if has_bias:
-            s, e = _accumulate(started, s, e, bias[co], eb[co], with_bound, p, emin,
-                               max_finite, rounding, overflow, simple, nearest, saturates)
-        out[n, co, t] = s
-        bnd[n, co, t] = e
+        for co in range(Co):
+            if has_bias:
+                s[co], e[co] = _accumulate(started, s[co], e[co], bias[co], eb[co], with_bound,
+                                           p, emin, max_finite, rounding, overflow, simple,
+                                           nearest, saturates)
+            out[n, co, t] = s[co]
+            bnd[n, co, t] = e[co]
     return out, bnd
 
 
 @_kernel
 def weight_grad(X, eX, D, eD, first, second, count, with_bound,
                 p, emin, max_finite, rounding, overflow, simple, nearest, saturates):
-    """``g[co, ci, k] = Σ_n Σ_{j < count[k]} RN(X[n, ci, first[k, j]] · D[n, co, second[k, j]])``
+    """``g[co, ci, k] = Σ_n Σ_{j < count[k]} RN(X[n, ci, first[k, j]] · D[n, second[k, j], co])``
     accumulated sequentially over ``n`` (outer) then ``j``; with its replay bound.
 
-    Shapes: ``X, eX`` (N, Ci, S); ``D, eD`` (N, Co, P); tables (K, M). The conv kernel
-    gradient (``X`` the input, ``D`` the output gradient) and the transpose-conv weight gradient.
+    Shapes: ``X, eX`` (N, Ci, S); ``D, eD`` (N, P, Co) (channels last); tables (K, M). The
+    conv kernel gradient (``X`` the input, ``D`` the output gradient) and the transpose-conv
+    weight gradient. One parallel task per ``(ci, k)``, output channels innermost.
     """
     N, Ci = X.shape[0], X.shape[1]
-    Co = D.shape[1]
+    Co = D.shape[2]
     K = first.shape[0]
     out = np.zeros((Co, Ci, K))
     bnd = np.zeros((Co, Ci, K))
-    for q in prange(Co * Ci * K):
-        co = q // (Ci * K)
-        ci = (q // K) % Ci
+    for q in prange(Ci * K):
+        ci = q // K
         k = q % K
-        s = 0.0
-        e = 0.0
+        s = np.zeros(Co)
+        e = np.zeros(Co)
         started = False
-        m = count[k]
         for n in range(N):
-            for j in range(m):
-                x = X[n, ci, first[k, j]]
-                d = D[n, co, second[k, j]]
-                ex = eX[n, ci, first[k, j]] if with_bound else 0.0
-                ed = eD[n, co, second[k, j]] if with_bound else 0.0
-                tt, et = _product(x, ex, d, ed, with_bound, p, emin, max_finite, rounding,
-                                  overflow, simple, nearest, saturates)
-                s, e = _accumulate(started, s, e, tt, et, with_bound, p, emin, max_finite,
-                                   rounding, overflow, simple, nearest, saturates)
+            for j in range(count[k]):
+                i = first[k, j]
+                o = second[k, j]
+                x = X[n, ci, i]
+                if with_bound:
+                    ex = eX[n, ci, i]
+                    for co in range(Co):
+                        tt, et = _product(x, ex, D[n, o, co], eD[n, o, co], True, p, emin,
+                                          max_finite, rounding, overflow, simple, nearest,
+                                          saturates)
+                        s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
+                                                   max_finite, rounding, overflow, simple,
+                                                   nearest, saturates)
+                else:
+                    for co in range(Co):
+                        tt = mul(x, D[n, o, co], p, emin, max_finite, rounding, overflow, simple)
+                        s[co] = add(s[co], tt, p, emin, max_finite, rounding, overflow,
+                                    simple) if started else tt
                 started = True
-        out[co, ci, k] = s
-        bnd[co, ci, k] = e
+        for co in range(Co):
+            out[co, ci, k] = s[co]
+            bnd[co, ci, k] = e[co]
     return out, bnd
 
 

@@ -9,6 +9,8 @@ safe_div) are taken as the exact rationals they denote.
 """
 from __future__ import annotations
 
+import math
+
 import gmpy2
 import numpy as np
 from gmpy2 import mpq
@@ -250,7 +252,14 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
     aa, bb = np.broadcast_arrays(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     out = np.frompyfunc(lambda s, t: float(reference.apply(op, fmt, to_exact(s), to_exact(t))),
                         2, 1)(aa, bb)
-    return np.asarray(out, dtype=np.float64).reshape(aa.shape)
+    out = np.asarray(out, dtype=np.float64).reshape(aa.shape)
+    # IEEE sign of a zero result (mpq has no −0): the sign of the exact product/quotient,
+    # which the binary64 evaluation of the operands' sign pattern reproduces
+    signs = np.frompyfunc(lambda v: math.copysign(1.0, float(v)) if v != 0 else
+                          math.copysign(1.0, v) if isinstance(v, float) else 1.0, 1, 1)
+    sa = np.asarray(signs(aa), dtype=np.float64)
+    sb = np.asarray(signs(bb), dtype=np.float64)
+    return np.where(out == 0, np.copysign(0.0, sa * sb), out)
 
 
 def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):

@@ -180,12 +180,13 @@ def divide_by_count(fmt: Format, s, n: int):
     a = np.asarray(s)
     if a.dtype != object and fmt.fits_binary64:
         if fmt.fast_ops and n <= 2 ** 100:
-            a = np.ascontiguousarray(a, dtype=np.float64)
+            shape = a.shape
+            a = np.ascontiguousarray(a, dtype=np.float64).reshape(-1)   # (ascontiguousarray: ndim ≥ 1)
             p, emin, mx, rnd, ovf, _ = fmt.kernel_params
             with np.errstate(all="ignore"):
                 q = fast.op_array(fast.OPS["div"], a, np.full(a.shape, float(n)),
                                   p, emin, mx, rnd, ovf, False)
-            return np.where(np.isfinite(a), q, a)
+            return np.where(np.isfinite(a), q, a).reshape(shape)
         exact = fmt.div(np.asarray(a, dtype=object), np.full(a.shape, mpq(n), dtype=object))
         return np.array([float(v) for v in exact.reshape(-1)], dtype=np.float64).reshape(a.shape)
     return fmt.div(np.asarray(a, dtype=object), np.full(a.shape, mpq(n), dtype=object))

@@ -230,12 +230,26 @@ def softmax_last_error(fmt: Format, x, ex, order: str = "sequential"):
     kappa = np.fmin(0.25, np.fmin(H, Lam))
     L = mul_up(kappa, add_up(ex, _excluded_max(ex)))
     B = add_up(L, A0)
-    yf = np.asarray(exact_array_up(y) if y.dtype == object else y, dtype=np.float64)
     ok = _finite(y)
-    with np.errstate(invalid="ignore"):
-        cap = np.where(ok, np.fmax(np.where(ok, yf, 0.0), up(1.0 - np.where(ok, yf, 0.0))), np.inf)
-    bound = np.fmin(np.fmin(A, B), cap)
+    bound = np.fmin(np.fmin(A, B), _range_cap(y, ok))
     return y, np.where(ok, bound, np.inf)
+
+
+def _range_cap(y, ok) -> np.ndarray:
+    """``max(ŷ, 1 − ŷ)`` rounded up (``inf`` where ``ŷ`` is not finite): the largest distance
+    from ``ŷ ∈ [0, 1]`` to a point of ``[0, 1]``. ``1 − ŷ`` is checked exact by Fast2Sum
+    (``|1| ≥ |ŷ|``: the residual ``(−ŷ) − ((1 − ŷ) − 1)`` is exact) and pushed up otherwise."""
+    a = np.asarray(y)
+    if a.dtype == object:
+        yy = np.where(ok, a, mpq(0))
+        one_minus = exact_array_up(np.asarray(1 - yy, dtype=object))
+        yf = exact_array_up(yy)
+    else:
+        yf = np.where(ok, np.asarray(a, dtype=np.float64), 0.0)
+        s = 1.0 - yf
+        t = (-yf) - (s - 1.0)
+        one_minus = np.where(t == 0, s, up(s))
+    return np.where(ok, np.fmax(yf, one_minus), np.inf)
 
 
 def _softmax_composed(fmt: Format, x, ex, order):

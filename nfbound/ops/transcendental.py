@@ -96,7 +96,9 @@ def _mpfr_endpoint(name: str, x: mpq, prec: int, upper: bool) -> mpq:
     Every ``f`` is increasing, so the lower end evaluates at ``x`` rounded down with every
     step rounded down (and the upper end symmetrically); sigmoid is ``1/(1 + e^−x)``, whose
     lower end needs the denominator rounded *up*. MPFR rounds each function correctly in the
-    requested direction, so the chain is an enclosure; ``mpq(mpfr)`` is exact.
+    requested direction, so the chain is an enclosure; ``mpq(mpfr)`` is exact. softplus at
+    ``x > 0`` is ``x + log1p(e^−x)`` with the (decreasing) tail evaluated at ``x`` rounded the
+    other way and the sum taken exactly.
     """
     C, O = _ctx(prec, upper), _ctx(prec, not upper)
     v = mpfr(x, prec, C)
@@ -107,6 +109,8 @@ def _mpfr_endpoint(name: str, x: mpq, prec: int, upper: bool) -> mpq:
     elif name == "log":
         r = C.log(v)
     elif name == "softplus":
+        if x > 0:   # x + log(1 + e^−x), the sum exact: keeps softplus(x) > x visible for large x
+            return x + mpq(C.log1p(C.exp(-mpfr(x, prec, O))))
         r = C.log1p(C.exp(v))
     elif name == "sigmoid":
         r = C.div(1, O.add(1, O.exp(-v)))
@@ -311,7 +315,8 @@ def _apply(name: str, fmt: Format, x):
             at = xf == special
             ev = xf if name == "tanh" else np.full(xf.shape, v)   # tanh(±0) = ±0
             lo, hi = np.where(at, ev, lo), np.where(at, ev, hi)
-        rl, rh = fmt.round(lo), fmt.round(hi)
+        rl, rh = np.split(fmt.round(np.concatenate([lo.reshape(-1), hi.reshape(-1)])), 2)
+        rl, rh = rl.reshape(xf.shape), rh.reshape(xf.shape)
         neg = _negative_value(name, xf)
         out = np.where(neg, rl, rh)
         ok = np.isfinite(y) & ((rl == rh) | (np.isnan(rl) & np.isnan(rh)))
