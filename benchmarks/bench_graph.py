@@ -13,10 +13,15 @@ import argparse
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
-from nfbound import formats
-from nfbound.graph import Graph
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout
+
+from nfbound import formats  # noqa: E402
+from nfbound.graph import Graph  # noqa: E402
 
 
 def cnn(rng, c_in: int, hw: int, c_out: int = 8, n_cls: int = 10) -> Graph:

@@ -237,7 +237,13 @@ def assert_bits_equal(got, want, *inputs, label: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 def top_binade(fmt: Format) -> int:
     """``k`` with ``2^k ≤ max_finite < 2^(k+1)``."""
-    return int(gmpy2.floor(gmpy2.log2(gmpy2.mpfr(fmt.max_finite, 200))))
+    M = mpq(fmt.max_finite)
+    k = int(M.numerator.bit_length()) - int(M.denominator.bit_length())
+    while mpq(2) ** k > M:
+        k -= 1
+    while mpq(2) ** (k + 1) <= M:
+        k += 1
+    return k
 
 
 def format_values(fmt: Format, n: int, rng: np.random.Generator, kmin: int | None = None,
@@ -652,6 +658,23 @@ def test_round_keeps_shape_and_accepts_lists():
     assert bf.round(np.float32(3.0)).shape == ()
     xt = np.asfortranarray(x)
     assert_bits_equal(bf.round(xt), bf.round(x))
+
+
+def test_round_into_out():
+    f = get("float8_e4m3fn")
+    x = rounding_inputs(f, 3 * 10**5, seed=7)          # large enough for the parallel kernel
+    out = np.empty_like(x)
+    r = f.round(x, out=out)
+    assert r is out
+    assert_bits_equal(out, f.round(x), x)
+    o2 = np.empty((2, 3))
+    assert f.round(np.full((2, 3), 500.0), out=o2) is o2 and np.isnan(o2).all()
+    with pytest.raises(ValueError, match="out"):
+        f.round(x, out=x)                                # overlapping
+    with pytest.raises(ValueError, match="out"):
+        f.round(x, out=np.empty(3))
+    with pytest.raises(ValueError, match="out"):
+        get("decimal32").round(np.array([1.0]), out=np.empty(1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def test_momentum_first_step_equals_sgd():
     for n in a:
         assert np.array_equal(a[n].runtime, m[n].runtime)
         assert np.all(a[n].spec.lo == m[n].spec.lo)
-        assert np.array_equal(a[n].eps, m[n].eps)
+        # the bound of RN(0 + g) = g carries only extra upward binary64 steps
+        assert np.all(m[n].eps >= a[n].eps) and np.allclose(m[n].eps, a[n].eps, rtol=1e-12)
 
 
 def test_constant_rounding_and_bound():

@@ -261,25 +261,141 @@ def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     return round_scalar(s, _sgn(rem), p, emin, max_finite, rounding, overflow)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def round_array(x, p, emin, max_finite, rounding, overflow):
-    """Elementwise :func:`round_scalar` over a contiguous float64 array."""
-    flat = x.ravel()
-    out = np.empty_like(flat)
-    for i in numba.prange(flat.size):
-        out[i] = round_scalar(flat[i], 0, p, emin, max_finite, rounding, overflow)
-    return out.reshape(x.shape)
+#: Arrays shorter than this are processed on the calling thread (waking Numba's thread pool
+#: costs more than the work).
+PARALLEL_MIN = 1 << 17
+#: Elements per block of :func:`round_array` (a block is one task of the parallel loop).
+BLOCK = 4096
 
 
-@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def round_array(x, p, emin, max_finite, rounding, overflow, out=None):
+    """Elementwise :func:`round_scalar` over a contiguous float64 array (any shape), into
+    ``out`` (a new array, or a given C-contiguous float64 array of the same size that does not
+    overlap ``x``)."""
+    flat = x.reshape(-1)
+    res = np.empty_like(flat) if out is None else out.reshape(-1)
+    if res.size != flat.size or res.dtype != np.float64 or not out.flags.c_contiguous \
+            if out is not None else False:
+        raise ValueError("out must be a C-contiguous float64 array with as many elements as x")
+    if out is not None and np.may_share_memory(out, x):
+        raise ValueError("out must not overlap x")
+    kernel = _round_flat_par if flat.size >= PARALLEL_MIN else _round_flat
+    kernel(flat, res, p, emin, max_finite, rounding, overflow)
+    return res.reshape(x.shape) if out is None else out
+
+
 def op_array(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     """Elementwise :func:`op_scalar` over two same-shape contiguous float64 arrays."""
-    fa = a.ravel()
-    fb = b.ravel()
-    out = np.empty_like(fa)
-    for i in numba.prange(fa.size):
-        out[i] = op_scalar(op, fa[i], fb[i], p, emin, max_finite, rounding, overflow, simple)
-    return out.reshape(a.shape)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    kernel = _op_flat_par if fa.size >= PARALLEL_MIN else _op_flat
+    return kernel(op, fa, fb, p, emin, max_finite, rounding, overflow, simple).reshape(a.shape)
+
+
+@_jit
+def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding):
+    """Round the bit patterns ``xb[lo:hi]`` into ``ob`` without branches (so LLVM vectorizes
+    the loop); returns whether some element needs :func:`round_scalar` instead.
+
+    For a normal binary64 ``x`` with ``d = max(53 − p, emin + 1075 − E)`` (``d0 = 53 − p``,
+    ``e0 = emin + 1075``; see :func:`round_scalar`) and ``1 ≤ d ≤ 52``, the kept bits of the
+    pattern ``a = |x|`` are the integer significand on the target quantum (with the exponent
+    field above it) and rounding it to an integer in the mode is ``(a + inc) & ~(2^d − 1)``:
+    ``inc`` is ``2^(d−1) − 1 + lsb`` for ties-to-even (``lsb`` the significand's last kept bit,
+    the implicit bit when ``d = 52``), ``2^(d−1)`` for ties-away, ``0`` toward zero and
+    ``2^d − 1`` away from zero (upward for x > 0, downward for x < 0); a carry into the exponent
+    field is the carry into the next binade. ``d ≤ 0`` means ``x`` is representable (``inc =
+    0``, nothing cleared). Left to :func:`round_scalar`: binary64 subnormals, inf and NaN
+    (``E = 0`` or ``0x7FF``), ``d > 52`` (|x| below the format's quantum: the result is 0 or
+    one quantum) and results beyond ``max_finite`` (the overflow rule).
+    """
+    bad = np.int64(0)
+    if rounding == NEAREST_EVEN:
+        for i in range(lo, hi):
+            b = xb[i]
+            a = b & _ABS
+            E = a >> 52
+            d = max(d0, e0 - E)
+            dd = min(max(d, 0), 52)
+            mask = (np.int64(1) << dd) - 1
+            half = mask - (mask >> 1)
+            inc = half - 1 + (((a | _IMPLICIT) >> dd) & 1)
+            inc = inc if dd > 0 else np.int64(0)
+            r = (a + inc) & ~mask
+            ob[i] = r | (b & _SIGN)
+            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits)
+    else:
+        for i in range(lo, hi):
+            b = xb[i]
+            a = b & _ABS
+            E = a >> 52
+            d = max(d0, e0 - E)
+            dd = min(max(d, 0), 52)
+            mask = (np.int64(1) << dd) - 1
+            neg = b < 0
+            if rounding == NEAREST_AWAY:
+                inc = mask - (mask >> 1)
+            elif rounding == TOWARD_ZERO:
+                inc = np.int64(0)
+            elif rounding == UPWARD:
+                inc = np.int64(0) if neg else mask
+            else:
+                inc = mask if neg else np.int64(0)
+            r = (a + inc) & ~mask
+            ob[i] = r | (b & _SIGN)
+            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits)
+    return bad != 0
+
+
+@_jit
+def _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow):
+    """:func:`round_scalar` on the elements of ``x[lo:hi]`` that :func:`_round_block` left
+    (and a few more: ``a + 2^d > maxbits`` covers every overflowing ``r ≤ a + 2^d − 1``)."""
+    d0 = 53 - p
+    e0 = emin + 1075
+    maxbits = _bits(max_finite)
+    for i in range(lo, hi):
+        a = _bits(x[i]) & _ABS
+        E = a >> 52
+        d = max(d0, e0 - E)
+        if d > 52 or E == 0x7FF or E == 0 or a + (np.int64(1) << min(max(d, 0), 52)) > maxbits:
+            out[i] = round_scalar(x[i], 0, p, emin, max_finite, rounding, overflow)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _round_flat(x, out, p, emin, max_finite, rounding, overflow):
+    xb, ob = x.view(np.int64), out.view(np.int64)
+    maxbits = _bits(max_finite)
+    for lo in range(0, x.size, BLOCK):
+        hi = min(x.size, lo + BLOCK)
+        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding):
+            _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _round_flat_par(x, out, p, emin, max_finite, rounding, overflow):
+    xb, ob = x.view(np.int64), out.view(np.int64)
+    maxbits = _bits(max_finite)
+    for k in numba.prange((x.size + BLOCK - 1) // BLOCK):
+        lo = k * BLOCK
+        hi = min(x.size, lo + BLOCK)
+        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding):
+            _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _op_flat(op, a, b, p, emin, max_finite, rounding, overflow, simple):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = op_scalar(op, a[i], b[i], p, emin, max_finite, rounding, overflow, simple)
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _op_flat_par(op, a, b, p, emin, max_finite, rounding, overflow, simple):
+    out = np.empty_like(a)
+    for i in numba.prange(a.size):
+        out[i] = op_scalar(op, a[i], b[i], p, emin, max_finite, rounding, overflow, simple)
+    return out
 
 
 OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "sqrt": 4}

@@ -190,18 +190,25 @@ class Format:
                 fast.OVERFLOW_CODES[self.overflow], simple)
 
     # -- rounding ---------------------------------------------------------------------------
-    def round(self, x) -> np.ndarray:
+    def round(self, x, out: np.ndarray | None = None) -> np.ndarray:
         """Round every element of ``x`` once to the format.
 
         float64 in, float64 out for formats that fit binary64 (compiled engine); otherwise an
         object array of exact ``mpq`` values (reference engine). NaN stays NaN and ±inf stays
         ±inf (then the overflow rule applies, as for any value beyond the largest finite).
+        ``out`` (compiled engine only): a C-contiguous float64 array of ``x``'s shape, not
+        overlapping ``x``, that receives the result (no allocation).
         """
         if self.fits_binary64 and not _is_object(x):
             a = np.asarray(x, dtype=np.float64)
             p, emin, mx, rnd, ovf, _ = self.kernel_params
-            out = fast.round_array(np.ascontiguousarray(a).reshape(-1), p, emin, mx, rnd, ovf)
-            return self._no_inf(out.reshape(a.shape))
+            if out is not None and (not isinstance(out, np.ndarray) or out.shape != a.shape):
+                raise ValueError(f"out must be a float64 array of shape {a.shape}")
+            res = fast.round_array(np.ascontiguousarray(a).reshape(-1), p, emin, mx, rnd, ovf,
+                                   out=out)
+            return self._no_inf(res.reshape(a.shape) if out is None else out)
+        if out is not None:
+            raise ValueError(f"out= needs float64 input and a format that fits binary64 ({self})")
         out = _map(lambda v: _round_exact_value(v, self), x)
         if not self.fits_binary64:
             return out
@@ -213,10 +220,11 @@ class Format:
     def _no_inf(self, out: np.ndarray) -> np.ndarray:
         """Infinite float64 results (infinite inputs, division by zero) in a format without
         infinities: NaN for ``overflow="nan"``, ±max for ``"saturate"`` (as for overflow)."""
-        if self.overflow == "nan":
-            out = np.where(np.isinf(out), np.nan, out)
-        elif self.overflow == "saturate":
-            out = np.where(np.isinf(out), np.copysign(float(self.max_finite), out), out)
+        if self.overflow in ("nan", "saturate"):
+            inf = np.isinf(out)
+            if inf.any():
+                out[inf] = np.nan if self.overflow == "nan" else \
+                    np.copysign(float(self.max_finite), out[inf])
         return out
 
     def _op(self, name: str, a, b=None):
@@ -351,13 +359,20 @@ def _is_negative(v) -> bool:
 
 
 def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray:
-    """IEEE 754 signs for the zeros of a float64 result computed exactly (``mpq`` has no −0).
+    """IEEE 754 signs for the zeros of a float64 result computed exactly (``mpq`` has no −0),
+    and for quotients by a signed zero.
 
     A nonzero exact result rounded to 0 has its own sign, which the binary64 evaluation of the
     op also has (it is nonzero or an underflowed zero of that sign); so have exact zero
     products, quotients and ``√−0``. An exact zero sum is +0 but for two −0 operands, and −0
-    under rounding downward but for two +0 operands (§6.3).
+    under rounding downward but for two +0 operands (§6.3). ``x/±0`` is the binary64 quotient
+    (±inf with the sign xor, or NaN).
     """
+    if name == "div":
+        fa, fb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if (fb == 0).any():
+            with np.errstate(all="ignore"):
+                out = np.where(fb == 0, fa / fb, out)
     if not (out == 0).any():
         return out
     fa = np.asarray(a, dtype=np.float64)

@@ -68,12 +68,15 @@ def row(graph, name: str, runtime, spec, eps, fmt: Format, gradient: bool = Fals
     op = node.op or node.kind
     max_bound = _max(eps[name]) if eps is not None else None
     max_observed = holds = ratio = None
+    rt = runtime[name]
+    if node.kind == "label":             # integer labels: compare as the reals they denote
+        rt = np.asarray(rt, dtype=np.float64)
     if spec is not None:
-        d = spec[name].distance(runtime[name]).reshape(-1)
+        d = spec[name].distance(rt).reshape(-1)
         max_observed = max((exact_up(v) if not isinstance(v, float) else v for v in d),
                            default=0.0)
         if eps is not None:
-            holds = bool(spec[name].encloses(runtime[name], eps[name]).all())
+            holds = bool(spec[name].encloses(rt, eps[name]).all())
             if max_observed == 0:
                 ratio = 1.0 if max_bound == 0 else math.inf
             elif math.isinf(max_observed):

@@ -404,7 +404,10 @@ def _kernel_args(fmt: Format) -> tuple:
 
 
 def _f64(a) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+    """A writeable C-contiguous float64 array (read-only views, e.g. from ``broadcast_to``,
+    are copied: Numba types them apart, and each extra signature costs a compilation)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.flags.writeable else a.copy()
 
 
 _DUMMY3 = np.zeros((1, 1, 1))

@@ -43,7 +43,8 @@ from numba.extending import intrinsic
 
 from ..formats.fast import DOWNWARD, NEAREST_EVEN, OVF_NAN, OVF_SATURATE, round_scalar, two_product, two_sum
 
-_inline = numba.njit(cache=True, nogil=True)
+_inline = numba.njit(cache=True, nogil=True, inline="always")   # small helpers: IR-inlined
+_call = numba.njit(cache=True, nogil=True)                       # a real call (rare paths)
 _kernel = numba.njit(cache=True, nogil=True, parallel=True)
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
 _SIGN = np.int64(-0x8000000000000000)
@@ -136,6 +137,13 @@ def _round(x, sticky, p, emin, max_finite, rounding, overflow):
                 r = (a + ((one << (d - 1)) - 1) + ((a >> d) & one)) & ~((one << d) - 1)
                 if _i2f(r) <= max_finite:
                     return _i2f(r | (b & _SIGN))
+    return _round_general(x, sticky, p, emin, max_finite, rounding, overflow)
+
+
+@_call
+def _round_general(x, sticky, p, emin, max_finite, rounding, overflow):
+    """``round_scalar`` behind a call: Numba inlines it (with its helpers) at the IR level, and
+    a kernel with several inlined copies takes minutes to compile."""
     return round_scalar(x, sticky, p, emin, max_finite, rounding, overflow)
 
 
@@ -156,9 +164,9 @@ def mul(a, b, p, emin, max_finite, rounding, overflow, simple):
     """``RN(a·b)``: the multiplication branch of :func:`nfbound.formats.fast.op_scalar` (binary64
     product, Dekker's exact residual as the sticky bit unless ``simple``), then overflow.
 
-    Written with a single call site of ``round_scalar`` (Numba inlines ``op_scalar`` and its
-    eight ``round_scalar`` sites at the IR level, which makes kernels calling it take minutes to
-    compile); bit-identity with ``Format.mul`` is tested.
+    Written out here rather than calling ``op_scalar`` (which Numba inlines with its eight
+    ``round_scalar`` sites at the IR level: kernels calling it take minutes to compile);
+    bit-identity with ``Format.mul`` is tested.
     """
     s = a * b
     sticky = 0

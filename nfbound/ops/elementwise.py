@@ -30,6 +30,13 @@ def _zero(x) -> np.ndarray:
     return np.vectorize(lambda v: v == 0, otypes=[bool])(a) if a.dtype == object else a == 0
 
 
+def _nan_to_inf(bound) -> np.ndarray:
+    """A bound computed from a NaN operand (an overflow upstream: e4m3fn, 0·inf) is ``inf``:
+    a NaN bound would fail silently in comparisons."""
+    b = np.asarray(bound, dtype=np.float64)
+    return np.where(np.isnan(b), np.inf, b)
+
+
 def _abs(x) -> np.ndarray:
     """``|x|`` of runtime values as float64 rounded upward (exact for binary64 values)."""
     a = np.asarray(x)
@@ -99,7 +106,7 @@ def mul_error(fmt: Format, x, ex, y, ey):
     """
     z = fmt.mul(x, y)
     r = rounding_term(fmt, z, _zero(x) | _zero(y))
-    return z, add_up(mul_up(_abs(x), ey), mul_up(_abs(y), ex), mul_up(ex, ey), r)
+    return z, _nan_to_inf(add_up(mul_up(_abs(x), ey), mul_up(_abs(y), ex), mul_up(ex, ey), r))
 
 
 def mul_bound(fmt: Format, xs, eps):
@@ -246,9 +253,10 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
     if mode == "kernel" and not (a_obj or b_obj):
         p, emin, mx, rnd, ovf, _ = fmt.kernel_params
         aa, bb = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        flat = [np.ascontiguousarray(v).reshape(-1) for v in (aa, bb)]   # one compiled signature
         with np.errstate(all="ignore"):
-            return fast.op_array(fast.OPS[op], np.ascontiguousarray(aa), np.ascontiguousarray(bb),
-                                 p, emin, mx, rnd, ovf, False)
+            out = fast.op_array(fast.OPS[op], *flat, p, emin, mx, rnd, ovf, False)
+        return out.reshape(aa.shape)
     aa, bb = np.broadcast_arrays(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     out = np.frompyfunc(lambda s, t: float(reference.apply(op, fmt, to_exact(s), to_exact(t))),
                         2, 1)(aa, bb)
@@ -280,7 +288,7 @@ def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
     ay = _abs_down(y)
     den = np.maximum(_sub_down(ay, ey), floor)
     q = div_up(_abs(x), ay)                     # |x̂/ŷ| rounded up (inf where ŷ = 0)
-    return z, add_up(div_up(add_up(ex, mul_up(q, ey)), den), r)
+    return z, _nan_to_inf(add_up(div_up(add_up(ex, mul_up(q, ey)), den), r))
 
 
 def scale_error(fmt: Format, c: mpq, x, ex, mode: str | None = None):
@@ -289,7 +297,7 @@ def scale_error(fmt: Format, c: mpq, x, ex, mode: str | None = None):
     mode = mode or _constant_mode(fmt, c)
     z = _rn_op(fmt, "mul", _constant_array(c, x, mode), x, mode)
     exact = _zero(x) | (c == 0)
-    return z, add_up(mul_up(exact_up(abs(c)), ex), rounding_term(fmt, z, exact))
+    return z, _nan_to_inf(add_up(mul_up(exact_up(abs(c)), ex), rounding_term(fmt, z, exact)))
 
 
 def _indicator(lo_mask, hi_mask) -> Interval:
@@ -318,13 +326,31 @@ def sub_spec(x: Interval, y: Interval) -> Interval:
     return x - y
 
 
+def _sterbenz(fmt: Format, x, y) -> np.ndarray:
+    """Where ``x̂ − ŷ`` is exact by Sterbenz's lemma (Flocq ``sterbenz``: ``y/2 ≤ x ≤ 2y`` in
+    a FLX/FLT/FIX format of any radix): same signs and ``|ŷ|/2 ≤ |x̂| ≤ 2|ŷ|``. The doubled
+    magnitudes are exact in binary64 (or ``inf``, which keeps the comparison's truth)."""
+    if fmt.fexp.kind not in ("FLX", "FLT", "FIX"):
+        return np.zeros(np.shape(x), dtype=bool)
+    xa, ya = np.asarray(x), np.asarray(y)
+    if xa.dtype == object or ya.dtype == object:
+        f = np.vectorize(lambda a, b: ((a > 0 and b > 0) or (a < 0 and b < 0))
+                         and 2 * abs(a) >= abs(b) and abs(a) <= 2 * abs(b), otypes=[bool])
+        return f(xa, ya)
+    a, b = np.abs(xa), np.abs(ya)
+    with np.errstate(over="ignore"):
+        return (np.sign(xa) * np.sign(ya) > 0) & (2 * a >= b) & (a <= 2 * b)
+
+
 def sub_bound(fmt: Format, xs, eps):
     """``ε_x + ε_y + r``, ``r = rounding_term(RN(x̂ − ŷ))``; the subtraction is exact (``r = 0``)
-    when ``x̂ = 0`` (result ``−ŷ``), ``ŷ = 0`` (result ``x̂``) or ``x̂ = ŷ`` (result 0)."""
+    when ``x̂ = 0`` (result ``−ŷ``), ``ŷ = 0`` (result ``x̂``) or by Sterbenz's lemma
+    (:func:`_sterbenz`; includes ``x̂ = ŷ``) — the catastrophic-cancellation case, where the
+    bound is then the input errors alone."""
     (x, y) = xs
     ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
     z = sub_runtime(fmt, x, y)
-    exact = _zero(x) | _zero(y) | (np.asarray(x) == np.asarray(y))
+    exact = _zero(x) | _zero(y) | _sterbenz(fmt, x, y)
     return add_up(ex, ey, rounding_term(fmt, z, exact))
 
 
@@ -785,7 +811,7 @@ def sqrt_error(fmt: Format, x, ex):
     lo, _ = _float_lo_hi(x)
     den = np.maximum(_down(_sqrt_down(lo) + _sqrt_down(_sub_down(lo, ex))), 0.0)
     prop = np.minimum(div_up(ex, den), _sqrt_up(ex))
-    return z, add_up(np.where(ex == 0, 0.0, prop), r)
+    return z, _nan_to_inf(add_up(np.where(ex == 0, 0.0, prop), r))
 
 
 def sqrt_bound(fmt: Format, xs, eps):

@@ -95,20 +95,19 @@ def _mul_up(a, b):
     return _up(a * b)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _matmul_kernel(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, nearest,
-                   saturates):
-    """Sequential ``C[b,i,l] = Σ_j RN(A[b,i,j]·BT[b,l,j])`` and its replay bound.
+@numba.njit(cache=True, nogil=True)
+def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, nearest,
+                 saturates, C, E, r0, r1):
+    """Sequential ``C[b,i,l] = Σ_j RN(A[b,i,j]·BT[b,l,j])`` and its replay bound ``E`` for the
+    flattened rows ``r0 ≤ b·m + i < r1``.
 
     Exactly the generic path's operations, in the same order: the term bound is
     ``add_up(|a|ε_x, |x|ε_a, ε_aε_x, r_mul)`` (``mul_error``), the accumulation
-    ``e ← up(up(e + ε_t) + r_add)`` (``rounded_add``), ``t_0`` taken exactly.
+    ``e ← up(up(e + ε_t) + r_add)`` (``rounded_add``), ``t_0`` taken exactly (``0 + t_0``).
     """
-    nb, m, n = A.shape
+    m, n = A.shape[1], A.shape[2]
     k = BT.shape[1]
-    C = np.zeros((nb, m, k))
-    E = np.zeros((nb, m, k))
-    for r in numba.prange(nb * m):
+    for r in range(r0, r1):
         b = r // m
         i = r - b * m
         for col in range(k):
@@ -142,21 +141,42 @@ def _matmul_kernel(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, ne
                     s = s2
             C[b, i, col] = s
             E[b, i, col] = e
-    return C, E
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _matmul_parallel(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, nearest,
+                     saturates, C, E, chunk):
+    """:func:`_matmul_rows` over chunks of rows in parallel (outputs are independent)."""
+    rows = A.shape[0] * A.shape[1]
+    nchunks = (rows + chunk - 1) // chunk
+    for c in numba.prange(nchunks):
+        _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, nearest,
+                     saturates, C, E, c * chunk, min(rows, (c + 1) * chunk))
+
+
+_PARALLEL_WORK = 1 << 17   # multiply-adds below which the serial kernel is faster
 
 
 def _kernel_mm3(fmt: Format, A, EA, B, EB, need_bound: bool):
     p, emin, mx, rnd, ovf, simple = fmt.kernel_params
-    A = np.ascontiguousarray(A, dtype=np.float64)
-    BT = np.ascontiguousarray(np.swapaxes(B, -1, -2), dtype=np.float64)
+    req = (lambda a: np.require(a, np.float64, ["C", "W"]))   # one compiled specialisation
+    A = req(A)
+    BT = req(np.swapaxes(B, -1, -2))
     if need_bound:
-        EA = np.ascontiguousarray(EA, dtype=np.float64)
-        EBT = np.ascontiguousarray(np.swapaxes(EB, -1, -2), dtype=np.float64)
+        EA, EBT = req(EA), req(np.swapaxes(EB, -1, -2))
     else:
         EA = EBT = np.zeros((1, 1, 1))
-    saturates = fmt.max_finite is not None and _saturates(fmt)
-    C, E = _matmul_kernel(A, EA, BT, EBT, need_bound, p, emin, mx, rnd, ovf, bool(simple),
-                          fmt.is_nearest, saturates)
+    nb, m, n = A.shape
+    k = BT.shape[1]
+    C = np.zeros((nb, m, k))
+    E = np.zeros((nb, m, k))
+    args = (A, EA, BT, EBT, need_bound, p, emin, mx, rnd, ovf, bool(simple), fmt.is_nearest,
+            fmt.max_finite is not None and _saturates(fmt), C, E)
+    rows = nb * m
+    if rows > 1 and rows * k * n >= _PARALLEL_WORK:
+        _matmul_parallel(*args, max(1, rows // (4 * numba.get_num_threads())))
+    else:
+        _matmul_rows(*args, 0, rows)
     return fmt._no_inf(C), (E if need_bound else None)
 
 
@@ -296,7 +316,9 @@ def _full(x, shape2: tuple, batch: tuple) -> np.ndarray:
 
 
 def _to3(x: np.ndarray) -> np.ndarray:
-    return x.reshape((-1,) + x.shape[-2:])
+    """Batch dimensions flattened (row-major) into one; explicit size so that empty arrays
+    reshape too."""
+    return x.reshape((int(np.prod(x.shape[:-2])),) + x.shape[-2:])
 
 
 def _reduced_axes(shape2: tuple, batch: tuple) -> list[int]:

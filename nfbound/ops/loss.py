@@ -14,10 +14,10 @@ from ..bounds.rounding import rounding_term
 from ..bounds.upward import add_up, div_up, exact_array_up, mul_up
 from ..formats import Format
 from . import checks
-from .accumulate import accumulate, check_order
+from .accumulate import check_order
 from .elementwise import _zero, mul_error
 from .interval import Interval
-from .pool import divide_by_count, divide_by_count_error
+from .pool import divide_by_count, divide_by_count_error, sequential_sum
 from .primitive import Primitive, register
 from .softmax import (_excluded_max, _exp_down, _finite, box_factors, exp_enclosure,
                       softmax_last, softmax_last_error, softmax_last_spec, stable_exp_sum,
@@ -74,7 +74,7 @@ def mse_loss_runtime(fmt: Format, input, target, *, order: str = "sequential"):
     check_order(order)
     d = fmt.sub(x, t)
     q = fmt.mul(d, d)
-    total, _ = accumulate(fmt, np.reshape(q, -1), 0.0, order=order)
+    total, _ = sequential_sum(fmt, np.reshape(q, -1), None, order=order)
     return divide_by_count(fmt, total, np.size(x))
 
 
@@ -103,7 +103,7 @@ def mse_loss_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
     ex, et = checks.eps_like("eps[0]", ex, x), checks.eps_like("eps[1]", et, t)
     d, ed = _diff_error(fmt, x, ex, t, et)
     q, eq = mul_error(fmt, d, ed, d, ed)
-    total, es = accumulate(fmt, np.reshape(q, -1), np.reshape(eq, -1), order=order)
+    total, es = sequential_sum(fmt, np.reshape(q, -1), np.reshape(eq, -1), order=order)
     return np.asarray(divide_by_count_error(fmt, total, es, np.size(x))[1], dtype=np.float64)
 
 
@@ -238,7 +238,7 @@ def cross_entropy_runtime(fmt: Format, input, target, *, order: str = "sequentia
     x, t = _check_ce(input, target)
     check_order(order)
     rows = _ce_rows(fmt, x, t, order)
-    total, _ = accumulate(fmt, rows, 0.0, order=order)
+    total, _ = sequential_sum(fmt, rows, None, order=order)
     return divide_by_count(fmt, total, x.shape[0])
 
 
@@ -248,10 +248,20 @@ def _logsumexp_minus(z: np.ndarray, t: np.ndarray):
     ``log Σ e^z − z_t = log Σ e^(z − M) − (z_t − M)``), so the sum is ``≥ 1`` (its ``e^0``)."""
     M = np.max(z, axis=1, keepdims=True)
     E = exp_enclosure(z - M, z - M)
-    S = Interval(np.sum(E.lo, axis=1), np.sum(E.hi, axis=1))
-    lg = safe_log_spec(S)
+    lg = _log_enclosure(np.sum(E.lo, axis=1), np.sum(E.hi, axis=1))
     off = np.take_along_axis(z - M, t[:, None], axis=1)[:, 0]
     return lg.lo - off, lg.hi - off
+
+
+def _log_enclosure(s_lo, s_hi) -> Interval:
+    """``log S`` for ``S ∈ [s_lo, s_hi]``, ``s_lo ≥ 1``: ``safe_log_spec`` (MPFR) intersected
+    with the rational bounds ``1 − 1/S ≤ log S ≤ S − 1``. Near ``S = 1`` (a confident
+    prediction) MPFR's enclosure has absolute width ``≈ 2^−199`` (its argument is rounded to
+    200 bits), while the rational ones have width ``≈ (S − 1)²``."""
+    lg = safe_log_spec(Interval(np.asarray(s_lo, dtype=object), np.asarray(s_hi, dtype=object)))
+    lo = np.vectorize(lambda a, s: max(a, 1 - 1 / s), otypes=[object])(lg.lo, s_lo)
+    hi = np.vectorize(lambda b, s: min(b, s - 1), otypes=[object])(lg.hi, s_hi)
+    return Interval(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object))
 
 
 def cross_entropy_spec(input: Interval, target, *, order: str = "sequential") -> Interval:
@@ -336,7 +346,7 @@ def cross_entropy_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
     _target_eps(et, x.shape[0])
     ex = np.asarray(checks.eps_like("eps[0]", ex, x), dtype=np.float64)
     rows, er = _ce_rows_bound(fmt, x, ex, t, order)
-    total, es = accumulate(fmt, rows, er, order=order)
+    total, es = sequential_sum(fmt, rows, er, order=order)
     return np.asarray(divide_by_count_error(fmt, total, es, x.shape[0])[1], dtype=np.float64)
 
 

@@ -22,13 +22,19 @@ Gradient accumulation where windows overlap (``stride < kernel_size``): the inpu
 position ``j`` is the sequential rounded sum, over the windows containing ``j`` in row-major
 *window* order (torch's CPU backward loops output positions in that order), of each window's
 contribution; the first addition ``0 + c`` is exact. The replay bound of this sum is
-``Σ δ_w + Σ r_k`` (DESIGN §4), ``r_k = 0`` for an addition with an operand 0.
+``Σ δ_w + Σ r_k`` (DESIGN §4), ``r_k = 0`` for an addition with an operand 0. This order is
+fixed (``order`` selects the order of avg_pool's forward window sums only).
+
+Shared with :mod:`~nfbound.ops.softmax` and :mod:`~nfbound.ops.loss`: :func:`sequential_sum`
+(``accumulate`` with a compiled engine for the sequential orders, identical results) and
+:func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule.
 """
 from __future__ import annotations
 
 import itertools
 import numbers
 
+import numba
 import numpy as np
 from gmpy2 import mpq
 
@@ -161,6 +167,78 @@ def _check_g(g, out_shape, name: str = "g") -> None:
 
 def _out_shape(in_shape, out) -> tuple[int, ...]:
     return tuple(in_shape[:2]) + tuple(out)
+
+
+# -- compiled sequential accumulation ------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _seq_partials(t, p, emin, mx, rnd, ovf, simple):
+    """Partial sums ``P[:, k] = RN(P[:, k−1] + t[:, k])`` (``P[:, 0] = t[:, 0]``) of the rows of
+    ``t`` with :func:`fast.op_scalar`, then the format's treatment of an infinite result in a
+    format without infinities (``Format._no_inf``: NaN or ±max) — exactly ``fmt.add``."""
+    R, n = t.shape
+    P = np.empty((R, n))
+    for i in range(R):
+        s = t[i, 0]
+        P[i, 0] = s
+        for k in range(1, n):
+            s = fast.op_scalar(0, s, t[i, k], p, emin, mx, rnd, ovf, simple)
+            if np.isinf(s):
+                if ovf == fast.OVF_NAN:
+                    s = np.nan
+                elif ovf == fast.OVF_SATURATE:
+                    s = np.copysign(mx, s)
+            P[i, k] = s
+    return P
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _seq_replay(e, r):
+    """``b_0 = e_0``, ``b_k = up(up(b_{k−1} + e_k) + r_k)``: ``add_up(ε_a, ε_b, r)`` of
+    ``accumulate.rounded_add``, step by step (``up`` = one binary64 step toward +inf)."""
+    R, n = e.shape
+    out = np.empty(R)
+    for i in range(R):
+        b = e[i, 0]
+        for k in range(1, n):
+            b = np.nextafter(b + e[i, k], np.inf)
+            b = np.nextafter(b + r[i, k], np.inf)
+        out[i] = b
+    return out
+
+
+def sequential_sum(fmt: Format, terms, eps=None, order: str = "sequential", axis: int = -1):
+    """``accumulate(fmt, terms, eps, order, axis)`` with a compiled engine for the
+    ``"sequential"`` and ``"reversed"`` orders (formats with compiled operations, float64
+    terms): the same rounded additions, bit for bit, and the same upward replay
+    ``e_k = up(up(e_{k−1} + ε_k) + r_k)`` with ``r_k = rounding_term(ŝ_k)`` (0 when an operand
+    is 0) — only without a Python loop over the terms. Other cases call ``accumulate``.
+    Returns ``(sum, bound)``; ``bound`` is ``None`` when ``eps`` is ``None``.
+    """
+    order = check_order(order)
+    t = np.asarray(terms)
+    if not (fmt.fast_ops and t.dtype != object and order in ("sequential", "reversed")
+            and t.ndim >= 1 and t.shape[axis] > 0):
+        total, bound = accumulate(fmt, t, 0.0 if eps is None else eps, order=order, axis=axis)
+        return total, (None if eps is None else bound)
+    t = np.moveaxis(np.asarray(t, dtype=np.float64), axis, -1)
+    if order == "reversed":
+        t = t[..., ::-1]
+    out_shape, n = t.shape[:-1], t.shape[-1]
+    t2 = np.ascontiguousarray(t).reshape(-1, n)
+    p_, emin, mx, rnd, ovf, simple = fmt.kernel_params
+    with np.errstate(all="ignore"):
+        P = _seq_partials(t2, p_, emin, mx, rnd, ovf, simple)
+    total = P[:, -1].reshape(out_shape)
+    if eps is None:
+        return total, None
+    e = np.moveaxis(np.broadcast_to(np.asarray(eps, dtype=np.float64), np.shape(terms)), axis, -1)
+    if order == "reversed":
+        e = e[..., ::-1]
+    e2 = np.ascontiguousarray(e).reshape(-1, n)
+    exact = np.zeros(t2.shape, dtype=bool)
+    exact[:, 1:] = (P[:, :-1] == 0) | (t2[:, 1:] == 0)
+    r = rounding_term(fmt, P, exact)
+    return total, _seq_replay(e2, np.ascontiguousarray(r)).reshape(out_shape)
 
 
 # -- division by an exact positive integer --------------------------------------------------
@@ -392,7 +470,7 @@ def avg_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0,
     check_order(order)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _zero_fill(x))
-    total, _ = accumulate(fmt, xw, 0.0, order=order, axis=-1)
+    total, _ = sequential_sum(fmt, xw, None, order=order, axis=-1)
     return divide_by_count(fmt, total, int(np.prod(k)))
 
 
@@ -421,7 +499,7 @@ def avg_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0,
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _zero_fill(x))
     ew = windows(np.asarray(e, dtype=np.float64), k, s, p, out, 0.0)
-    total, es = accumulate(fmt, xw, ew, order=order, axis=-1)
+    total, es = sequential_sum(fmt, xw, ew, order=order, axis=-1)
     return divide_by_count_error(fmt, total, es, int(np.prod(k)))[1]
 
 

@@ -180,6 +180,21 @@ def _lo_hi(x) -> tuple[np.ndarray, np.ndarray]:
     return -exact_array_up(np.vectorize(lambda v: -v, otypes=[object])(a)), exact_array_up(a)
 
 
+def _add_dir(a, b, upward: bool = True) -> np.ndarray:
+    """``a + b`` rounded upward (or downward): the binary64 sum, moved one step only when
+    TwoSum's exact residual shows it lies on the wrong side of the exact sum (any signs;
+    infinities propagate)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = a + b
+        bb = s - a
+        rho = (a - (s - bb)) + (b - bb)
+    if upward:
+        return np.where(np.isfinite(s) & (rho > 0), np.nextafter(s, np.inf), s)
+    return np.where(np.isfinite(s) & (rho < 0), np.nextafter(s, -np.inf), s)
+
+
 def _is_zero(x) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:
@@ -493,7 +508,7 @@ def max_spec(x: Interval, *, axis=None, keepdims=False) -> Interval:
 def max_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = False):
     """``(max x̂, bound)`` with ``|max x̂ − max x| ≤ min(max_k ε_k, max(ε_k̂, D))``.
 
-    ``k̂`` is the runtime argmax and ``D ≥ max_j (x̂_j + ε_j) − x̂_k̂``. Both bounds hold:
+    ``k̂`` is the runtime argmax and ``D ≥ max_{j≠k̂} (x̂_j + ε_j) − x̂_k̂``. Both bounds hold:
     ``max`` is 1-Lipschitz in the ∞-norm (first); and (second) ``max x ≥ x_k̂ ≥ x̂_k̂ − ε_k̂``
     while ``max x = x_j ≤ x̂_j + ε_j`` for some ``j``. No rounding is charged (exact op).
     ``D`` is evaluated upward (``x̂`` taken from above/below for exact runtime values).
@@ -504,10 +519,11 @@ def max_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
     t, m, k = _max_parts(x, ax)
     e = _to_last(ex, ax)
     lo, hi = _lo_hi(t)
-    with np.errstate(over="ignore", invalid="ignore"):
-        top = np.max(up(hi + e), axis=-1)
-        lo_k = np.take_along_axis(lo, k[..., None], axis=-1)[..., 0]
-        d = up(top - lo_k)
+    upper = _add_dir(hi, e)
+    np.put_along_axis(upper, k[..., None], -np.inf, axis=-1)     # j ≠ k̂ (k̂ gives ε_k̂)
+    top = np.max(upper, axis=-1)
+    lo_k = np.take_along_axis(lo, k[..., None], axis=-1)[..., 0]
+    d = np.maximum(_add_dir(top, -lo_k), 0.0)
     e_k = np.take_along_axis(e, k[..., None], axis=-1)[..., 0]
     b = np.minimum(np.max(e, axis=-1), np.maximum(e_k, d))
     return _finish(m, x.shape, ax, keepdims), _finish(b, x.shape, ax, keepdims)
@@ -602,9 +618,8 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     t, _, k = _max_parts(x, ax)
     e = _to_last(ex, ax)
     lo, hi = _lo_hi(t)
-    with np.errstate(over="ignore", invalid="ignore"):
-        upper = up(hi + e)
-        lower = np.nextafter(lo - e, -np.inf)
+    upper = _add_dir(hi, e)
+    lower = _add_dir(lo, -e, upward=False)
     L = np.max(lower, axis=-1, keepdims=True)
     cand = upper >= L
     at_k = np.zeros(t.shape, dtype=bool)
@@ -615,7 +630,7 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     eg = _to_last(_expand(checks.eps_like("eps_g", eps_g, g).astype(np.float64), x.shape, ax,
                           "eps_g"), ax)
     b = np.where(at_k, np.where(sure, eg, np.maximum(ga, eg)),
-                 np.where(cand & ~sure, add_up(ga, eg), 0.0))
+                 np.where(cand & ~sure, _add_dir(ga, eg), 0.0))
     return (_from_last(np.asarray(b, dtype=np.float64), x.shape, ax),)
 
 

@@ -30,14 +30,18 @@ from ..bounds.rounding import rounding_term
 from ..bounds.upward import add_up, div_up, exact_array_up, exp_up, mul_up, sum_up, up
 from ..formats import Format
 from . import checks
-from .accumulate import accumulate, check_order
+from .accumulate import check_order
 from .elementwise import _zero, div_error, mul_error
 from .interval import Interval
+from .pool import sequential_sum
 from .primitive import Primitive, register
 from .transcendental import exp_bound, exp_runtime, exp_spec
 
-#: Spec exponents below this are enclosed by ``[0, e^L]`` (``exp`` is increasing); ``e^−2000``
-#: keeps the rationals small while being far below every format's resolution.
+#: Spec exponents below this are enclosed by ``[0, e^L]`` (``exp`` is increasing): the rationals
+#: stay small (MPFR would otherwise give e^(−10^30) a denominator of 10^30 bits), and
+#: ``e^−2000 ≈ 10^−869`` is far below the smallest positive value of every preset (decimal64's
+#: ``10^−398``), so the enclosure's width never exceeds a bound's underflow term. A format with
+#: a smaller ``β^emin`` would still get a rigorous enclosure, only a wider one than its bounds.
 EXP_FLOOR = mpq(-2000)
 
 
@@ -104,7 +108,7 @@ def _excluded_max(e: np.ndarray) -> np.ndarray:
     """``max_{j ≠ i} ε_j`` along the last axis (0 for a single entry)."""
     n = e.shape[-1]
     top = np.max(e, axis=-1, keepdims=True)
-    arg = np.argmax(e, axis=-1)[..., None]
+    arg = np.asarray(np.argmax(e, axis=-1))[..., None]
     if n == 1:
         return np.zeros(e.shape)
     masked = np.where(np.arange(n) == arg, 0.0, e)
@@ -145,10 +149,10 @@ def exp_safe_error(fmt: Format, d, ed):
 def stable_exp_sum(fmt: Format, x, order: str = "sequential"):
     """Runtime ``(m̂, d̂, ê, ŝ)`` along the last axis (module docstring)."""
     x = np.asarray(x)
-    m = np.max(x, axis=-1)
-    d = fmt.sub(x, np.broadcast_to(m[..., None], x.shape))
+    m = np.max(x, axis=-1, keepdims=True)
+    d = fmt.sub(x, np.broadcast_to(m, x.shape))
     e = exp_safe(fmt, d)
-    s, _ = accumulate(fmt, e, 0.0, order=order, axis=-1)
+    s, _ = sequential_sum(fmt, e, None, order=order, axis=-1)
     return m, d, e, s
 
 
@@ -161,13 +165,13 @@ def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential"):
     * ``|ŝ − Σ e^(x_j − m̂)| ≤ σ`` (replay of the rounded sum).
     """
     x = np.asarray(x)
-    m = np.max(x, axis=-1)
-    mb = np.broadcast_to(m[..., None], x.shape)
+    m = np.max(x, axis=-1, keepdims=True)
+    mb = np.broadcast_to(m, x.shape)
     d = fmt.sub(x, mb)
     exact = _zero(x) | _zero(mb) | (x == mb)
     delta = add_up(ex, rounding_term(fmt, d, exact))
     e, eta = exp_safe_error(fmt, d, delta)
-    s, sigma = accumulate(fmt, e, eta, order=order, axis=-1)
+    s, sigma = sequential_sum(fmt, e, eta, order=order, axis=-1)
     return m, d, delta, e, eta, s, sigma
 
 
@@ -255,7 +259,7 @@ def _range_cap(y, ok) -> np.ndarray:
 def _softmax_composed(fmt: Format, x, ex, order):
     """Bound A of :func:`softmax_last_error`."""
     m, d, delta, e, eta, s, sigma = stable_exp_sum_error(fmt, x, ex, order)
-    t = np.argmax(x, axis=-1)[..., None]
+    t = np.asarray(np.argmax(x, axis=-1))[..., None]
     e_top = np.take_along_axis(np.broadcast_to(ex, x.shape), t, axis=-1)
     floor = np.broadcast_to(_exp_down(-e_top), x.shape)
     sb = np.broadcast_to(s[..., None], x.shape)
@@ -354,7 +358,7 @@ def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequ
     xl, gl = _to_last(x, ax), _to_last(g, ax)
     y = softmax_last(fmt, xl, order)
     p = fmt.mul(gl, y)
-    c, _ = accumulate(fmt, p, 0.0, order=order, axis=-1)
+    c, _ = sequential_sum(fmt, p, None, order=order, axis=-1)
     w = fmt.sub(gl, np.broadcast_to(np.asarray(c)[..., None], gl.shape))
     return (_from_last(fmt.mul(y, w), ax),)
 
@@ -385,7 +389,7 @@ def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: s
     xl, gl, el, egl = (_to_last(a, ax) for a in (x, g, e, eg))
     y, ey = softmax_last_error(fmt, xl, el, order)
     p, ep = mul_error(fmt, gl, egl, y, ey)
-    c, ec = accumulate(fmt, p, ep, order=order, axis=-1)
+    c, ec = sequential_sum(fmt, p, ep, order=order, axis=-1)
     cb = np.broadcast_to(np.asarray(c)[..., None], gl.shape)
     w = fmt.sub(gl, cb)
     ew = add_up(egl, np.broadcast_to(np.asarray(ec)[..., None], gl.shape),

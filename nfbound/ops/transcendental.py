@@ -578,7 +578,7 @@ def tanh_vjp_spec(xs, g: Interval):
     return (g * Interval(lo, hi),)
 
 
-def _derivative_error(fmt, d_A, d_B, lip, e):
+def _derivative_error(d_A, d_B, lip, e):
     """``min(A, B + lip·ε)``: two sound bounds of ``|d̂ − f'(x)|`` — (A) the rounded steps
     replayed on ``ŷ`` with its full forward bound; (B) the same replay with ``ŷ``'s rounding
     term only (error against ``f'(x̂)``) plus ``|f'(x̂) − f'(x)| ≤ sup|f''|·ε``."""
@@ -602,7 +602,7 @@ def tanh_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     one = _one_like(y)
     d = fmt.sub(one, s)
     r_d = rounding_term(fmt, d, _exact_difference(one, s, d))
-    e_d = np.fmin(add_up(_derivative_error(fmt, es_A, es_B, TANH2_LIP, e), r_d), 1.0)
+    e_d = np.fmin(add_up(_derivative_error(es_A, es_B, TANH2_LIP, e), r_d), 1.0)
     out, b = mul_error(fmt, g, eg, d, e_d)
     return (_inf_where_nonfinite(out, b),)
 
@@ -645,8 +645,9 @@ def sigmoid_bound(fmt: Format, xs, eps):
 
 
 def sigmoid_vjp_runtime(fmt: Format, xs, g):
-    """``RN(g · RN(ŷ · RN(1 − ŷ)))``, ``ŷ = RN(σ(x̂))`` (PyTorch ``SigmoidBackward0``:
-    ``grad * (y * (1 − y))``... evaluated as ``y·(1 − y)`` first, then times ``g``)."""
+    """``RN(g · RN(ŷ · RN(1 − ŷ)))``, ``ŷ = RN(σ(x̂))``: the derivative ``ŷ(1 − ŷ)`` first, then
+    times ``g`` (PyTorch's CPU kernel groups it as ``(g·(1 − y))·y``; this is nfbound's stated
+    order)."""
     (x,) = xs
     g = _check_g(g, x)
     y = sigmoid_runtime(fmt, x)
@@ -678,7 +679,7 @@ def sigmoid_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     r_a = rounding_term(fmt, a, _exact_difference(one, y, a))
     d, ed_A = mul_error(fmt, y, e_y, a, add_up(e_y, r_a))
     _, ed_B = mul_error(fmt, y, r_y, a, add_up(r_y, r_a))
-    e_d = _derivative_error(fmt, ed_A, ed_B, SIGMOID2_LIP, e)
+    e_d = _derivative_error(ed_A, ed_B, SIGMOID2_LIP, e)
     out, b = mul_error(fmt, g, eg, d, e_d)
     return (_inf_where_nonfinite(out, b),)
 
