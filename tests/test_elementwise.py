@@ -385,6 +385,28 @@ def test_overflow_makes_the_bound_infinite(fmt_name):
     assert np.isfinite(bound).all()
 
 
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e4m3fn", "decimal32"])
+@pytest.mark.parametrize("op", OPS)
+def test_non_finite_upstream_gradient_never_gives_a_nan_bound(op, fmt_name):
+    """An overflow upstream reaches a VJP as a NaN/inf gradient with ``ε_g = inf``: every
+    gradient bound is ``inf`` or a true 0 (an input that certainly has zero derivative),
+    never NaN."""
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(1)
+    data, params = draw_data(op, rng, (3,))
+    xs = tuple(fmt.round(d) for d in data)
+    g = np.array([math.nan, math.inf, -math.inf], dtype=object if not fmt.fits_binary64 else float)
+    eps = tuple(np.full(3, 2.0 ** -20) for _ in xs)
+    if op == "scale" and fmt.fits_binary64:   # every evaluation path agrees with the format's mul
+        for c in (1.5, 0.1, mpq(1, 3)):
+            got = get(op).vjp_runtime(fmt, xs, g.astype(float), c=c)[0]
+            want = fmt.mul(np.full(3, float(fmt.round(np.array([float(c)]))[0])), g.astype(float))
+            assert np.array_equal(np.isnan(got), np.isnan(want)) and (np.isinf(got) == np.isinf(want)).all()
+    for gb in get(op).vjp_bound(fmt, xs, eps, g, np.full(3, math.inf), **params):
+        gb = np.broadcast_to(gb, (3,))
+        assert not np.isnan(gb).any() and ((gb == math.inf) | (gb == 0)).all()
+
+
 def test_division_by_a_runtime_zero_is_flagged_and_the_spec_refuses():
     fmt = formats.get("bfloat16")
     x, y = np.array([1.0, 0.0]), np.array([0.0, 0.0])

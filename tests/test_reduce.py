@@ -292,3 +292,30 @@ def test_property_reductions(fmt_name, shape, axis_pick, keepdims, order, op, sc
         data = np.round(data)
     x, ex, xs = runtime_and_eps(fmt, data)
     _check(op, fmt, x, ex, xs, _params(op, axis, keepdims, order), rng)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt_name=st.sampled_from(["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2",
+                                 "binary32", "decimal32", "float8_e4m3fn:overflow=saturate",
+                                 "flt:p=6,emin=-14,emax=8,rounding=up"]),
+       shape=st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple),
+       axis_pick=st.integers(-4, 3), keepdims=st.booleans(),
+       order=st.sampled_from(ORDERS + ["blocked:1", "blocked:2"]), order_free=st.booleans(),
+       op=st.sampled_from(OPS), scale=st.sampled_from([1.0, 2.0 ** -12, 100.0, 2.0 ** 14]),
+       integers=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_slow_property_reductions(fmt_name, shape, axis_pick, keepdims, order, order_free, op,
+                                  scale, integers, seed):
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(seed)
+    axis = None if axis_pick < -len(shape) or axis_pick >= len(shape) else axis_pick
+    data = rng.standard_normal(shape) * scale
+    if integers:
+        data = np.round(data)
+    x, ex, xs = runtime_and_eps(fmt, data)
+    params = _params(op, axis, keepdims, order)
+    if op is not R.max:
+        params["order_free"] = order_free
+    _check(op, fmt, x, ex, xs, params, rng)
+    e2 = np.abs(np.asarray(x, dtype=np.float64)) * 2.0 ** -6
+    _check(op, fmt, x, e2, between(x, e2), params, rng)

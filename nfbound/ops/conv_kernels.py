@@ -41,13 +41,14 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from ..formats.fast import DOWNWARD, NEAREST_EVEN, OVF_NAN, OVF_SATURATE, round_scalar, two_product, two_sum
+from ..formats.fast import NEAREST_EVEN, OVF_NAN, OVF_SATURATE, op_scalar
 
 _inline = numba.njit(cache=True, nogil=True, inline="always")   # small helpers: IR-inlined
 _call = numba.njit(cache=True, nogil=True)                       # a real call (rare paths)
 _kernel = numba.njit(cache=True, nogil=True, parallel=True)
 _ABS = np.int64(0x7FFFFFFFFFFFFFFF)
 _SIGN = np.int64(-0x8000000000000000)
+_IMPLICIT = np.int64(1 << 52)
 _TINY = 5e-324          # nextafter(0, +inf): the smallest positive binary64 value
 
 
@@ -113,44 +114,42 @@ def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
 
 
 @_inline
-def _round(x, sticky, p, emin, max_finite, rounding, overflow):
-    """:func:`nfbound.formats.fast.round_scalar` with a branch-free hot path.
+def _nearest_even_hot(x, p, emin, max_finite):
+    """``(True, RN(x))`` for the common case of ``round_scalar(x, 0, …)`` in ties-to-even,
+    else ``(False, x)``; the same arithmetic as the hot paths of ``round_scalar`` and
+    ``fast._round_block``, branch-free.
 
-    For a normal binary64 ``x`` without residual, ties-to-even, the rounding to the quantum
-    ``2^c`` (``d = c − q`` dropped bits, ``1 ≤ d ≤ 52``) is the integer rounding of the bit
-    pattern ``a = |x|``: ``(a + 2^(d−1) − 1 + lsb) & ~(2^d − 1)`` with ``lsb`` the last kept
-    bit (a carry happens iff the remainder exceeds half, or equals it with ``lsb = 1``; a
-    carry into the exponent field is the carry into the next binade). Same ``d`` as
-    ``round_scalar``'s hot path; every other case (overflow included) is delegated to it.
-    Data-dependent branches are what cost most on random data, hence this form.
+    For a normal binary64 ``x`` with ``d = max(53 − p, emin + 1075 − E)`` dropped bits,
+    ``1 ≤ d ≤ 52``, rounding the integer significand on the target quantum to even is the
+    integer operation ``(a + 2^(d−1) − 1 + lsb) & ~(2^d − 1)`` on the pattern ``a = |x|``
+    (``lsb`` the significand's last kept bit — the implicit bit when ``d = 52``; a carry into
+    the exponent field is the carry into the next binade); ``d ≤ 0`` means ``x`` is in the
+    format. Binary64 subnormals, inf/NaN, ``d > 52`` and results beyond ``max_finite`` are
+    left to the general code (data-dependent branches are what cost most on random data).
     """
-    if sticky == 0 and rounding == NEAREST_EVEN:
-        b = _f2i(x)
-        a = b & _ABS
-        E = a >> 52
-        if E != 0 and E != 0x7FF:
-            d = max(53 - p, emin + 1075 - E)
-            if d <= 0:
-                return x
-            if d <= 52:
-                one = np.int64(1)
-                r = (a + ((one << (d - 1)) - 1) + ((a >> d) & one)) & ~((one << d) - 1)
-                if _i2f(r) <= max_finite:
-                    return _i2f(r | (b & _SIGN))
-    return _round_general(x, sticky, p, emin, max_finite, rounding, overflow)
+    b = _f2i(x)
+    a = b & _ABS
+    E = a >> 52
+    if E == 0 or E == 0x7FF:
+        return False, x
+    d = max(53 - p, emin + 1075 - E)
+    if d <= 0:
+        return True, x
+    if d > 52:
+        return False, x
+    one = np.int64(1)
+    r = (a + ((one << (d - 1)) - 1) + (((a | _IMPLICIT) >> d) & one)) & ~((one << d) - 1)
+    if _i2f(r) > max_finite:
+        return False, x
+    return True, _i2f(r | (b & _SIGN))
 
 
 @_call
-def _round_general(x, sticky, p, emin, max_finite, rounding, overflow):
-    """``round_scalar`` behind a call: Numba inlines it (with its helpers) at the IR level, and
-    a kernel with several inlined copies takes minutes to compile."""
-    return round_scalar(x, sticky, p, emin, max_finite, rounding, overflow)
-
-
-@_inline
-def _no_inf(z, max_finite, overflow):
-    """Infinities in formats without them: NaN (``overflow="nan"``) or ``±max``
-    (``"saturate"``), as ``Format._no_inf`` does after every compiled operation."""
+def _op_general(op, a, b, p, emin, max_finite, rounding, overflow, simple):
+    """``Format._op`` on scalars: :func:`nfbound.formats.fast.op_scalar`, then infinities
+    mapped to NaN or ``±max`` in formats without them (as ``Format._no_inf`` does). A real
+    call: one compiled copy shared by every call site."""
+    z = op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple)
     if z == math.inf or z == -math.inf:
         if overflow == OVF_NAN:
             return math.nan
@@ -161,36 +160,24 @@ def _no_inf(z, max_finite, overflow):
 
 @_inline
 def mul(a, b, p, emin, max_finite, rounding, overflow, simple):
-    """``RN(a·b)``: the multiplication branch of :func:`nfbound.formats.fast.op_scalar` (binary64
-    product, Dekker's exact residual as the sticky bit unless ``simple``), then overflow.
-
-    Written out here rather than calling ``op_scalar`` (which Numba inlines with its eight
-    ``round_scalar`` sites at the IR level: kernels calling it take minutes to compile);
-    bit-identity with ``Format.mul`` is tested.
-    """
-    s = a * b
-    sticky = 0
-    if not (simple or not math.isfinite(s) or s == 0.0):
-        s, rho = two_product(a, b)
-        sticky = (rho > 0.0) - (rho < 0.0)
-    return _no_inf(_round(s, sticky, p, emin, max_finite, rounding, overflow),
-                   max_finite, overflow)
+    """``RN(a·b)`` exactly as ``Format.mul``: when ``simple`` (binary64 double rounding is
+    innocuous) and ties-to-even, ``op_scalar`` rounds the binary64 product once with
+    ``round_scalar(a·b, 0, …)``, whose common case is done inline here; else ``op_scalar``."""
+    if simple and rounding == NEAREST_EVEN:
+        ok, y = _nearest_even_hot(a * b, p, emin, max_finite)
+        if ok:
+            return y
+    return _op_general(2, a, b, p, emin, max_finite, rounding, overflow, simple)
 
 
 @_inline
 def add(a, b, p, emin, max_finite, rounding, overflow, simple):
-    """``RN(a + b)``: the addition branch of :func:`nfbound.formats.fast.op_scalar` (TwoSum
-    residual as the sticky bit unless ``simple``; an exact zero sum is −0 under rounding
-    downward unless both operands are +0, IEEE 754 §6.3), then overflow."""
-    s = a + b
-    if s == 0.0 and rounding == DOWNWARD and (_f2i(a) | _f2i(b)) != 0:
-        return -0.0
-    sticky = 0
-    if not (simple or not math.isfinite(s)):
-        s, rho = two_sum(a, b)
-        sticky = (rho > 0.0) - (rho < 0.0)
-    return _no_inf(_round(s, sticky, p, emin, max_finite, rounding, overflow),
-                   max_finite, overflow)
+    """``RN(a + b)`` exactly as ``Format.add`` (same structure as :func:`mul`)."""
+    if simple and rounding == NEAREST_EVEN:
+        ok, y = _nearest_even_hot(a + b, p, emin, max_finite)
+        if ok:
+            return y
+    return _op_general(0, a, b, p, emin, max_finite, rounding, overflow, simple)
 
 
 @_inline

@@ -256,7 +256,7 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
         flat = [np.ascontiguousarray(v).reshape(-1) for v in (aa, bb)]   # one compiled signature
         with np.errstate(all="ignore"):
             out = fast.op_array(fast.OPS[op], *flat, p, emin, mx, rnd, ovf, False)
-        return out.reshape(aa.shape)
+        return _no_inf(fmt, out.reshape(aa.shape))
     aa, bb = np.broadcast_arrays(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     out = np.frompyfunc(lambda s, t: float(reference.apply(op, fmt, to_exact(s), to_exact(t))),
                         2, 1)(aa, bb)
@@ -267,7 +267,18 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
                           math.copysign(1.0, v) if isinstance(v, float) else 1.0, 1, 1)
     sa = np.asarray(signs(aa), dtype=np.float64)
     sb = np.asarray(signs(bb), dtype=np.float64)
-    return np.where(out == 0, np.copysign(0.0, sa * sb), out)
+    return _no_inf(fmt, np.where(out == 0, np.copysign(0.0, sa * sb), out))
+
+
+def _no_inf(fmt: Format, out: np.ndarray) -> np.ndarray:
+    """Infinite results from infinite operands (a non-finite upstream gradient) in a format
+    without infinities become NaN (``overflow="nan"``) or ±max (``"saturate"``), as the
+    format's own operations do."""
+    if fmt.overflow == "nan":
+        return np.where(np.isinf(out), np.nan, out)
+    if fmt.overflow == "saturate":
+        return np.where(np.isinf(out), np.copysign(float(fmt.max_finite), out), out)
+    return out
 
 
 def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
@@ -415,10 +426,7 @@ def scale_runtime(fmt: Format, x, *, c):
     ``c·x`` (not ``RN(RN(c)·x)``), so the spec ``c·x`` needs no representation-error term.
     To model a runtime that stores ``RN(c)``, pass ``c = RN(c)``.
     """
-    cq = _constant("c", c)
-    x = checks.finite("x", x)
-    mode = _constant_mode(fmt, cq)
-    return _rn_op(fmt, "mul", _constant_array(cq, x, mode), x, mode)
+    return scale_error(fmt, _constant("c", c), checks.finite("x", x), 0.0)[0]
 
 
 def scale_spec(x: Interval, *, c) -> Interval:
@@ -433,8 +441,8 @@ def scale_bound(fmt: Format, xs, eps, *, c):
 
 
 def scale_vjp_runtime(fmt: Format, xs, g, *, c):
-    """``(RN(c·g),)``."""
-    return (scale_runtime(fmt, g, c=c),)
+    """``(RN(c·g),)`` (a non-finite upstream gradient propagates, as in every VJP)."""
+    return (scale_error(fmt, _constant("c", c), g, 0.0)[0],)
 
 
 def scale_vjp_spec(xs, g: Interval, *, c):
@@ -443,7 +451,7 @@ def scale_vjp_spec(xs, g: Interval, *, c):
 
 def scale_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     """``(|c|·ε_g + r,)`` with ``r`` the rounding term of ``RN(c·ĝ)``."""
-    return (scale_error(fmt, _constant("c", c), checks.finite("g", g), eps_g)[1],)
+    return (scale_error(fmt, _constant("c", c), g, eps_g)[1],)
 
 
 def _sample_scale(rng, fmt: Format):
@@ -639,7 +647,7 @@ def safe_div_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     both_one = _sub_down(y_lo, ey) >= c_hi
     both_zero = add_up(y_hi, ey) < floor
     egy = np.where(both_one, e, np.where(both_zero, 0.0, add_up(_abs(G), e)))
-    return egx, egy
+    return egx, _nan_to_inf(egy)
 
 
 def _sample_safe_div(rng, fmt: Format):
@@ -698,9 +706,9 @@ def abs_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     ag = _abs(g)
     zero = _zero(x)
     sure = _abs_down(x) > ex
-    return (np.where(sure, eps_g,
-                     np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eps_g)),
-                              add_up(ag, ag, eps_g))),)
+    return (_nan_to_inf(np.where(sure, eps_g,
+                                 np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eps_g)),
+                                          add_up(ag, ag, eps_g)))),)
 
 
 abs_ = register(Primitive("abs", abs_runtime, abs_spec, abs_bound, abs_vjp_runtime, abs_vjp_spec,
@@ -751,7 +759,7 @@ def relu_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     both_one = lo > ex
     both_zero = hi <= -ex
     unsure = np.where(positive, np.maximum(ag, eps_g), add_up(ag, eps_g))
-    return (np.where(both_one, eps_g, np.where(both_zero, 0.0, unsure)),)
+    return (_nan_to_inf(np.where(both_one, eps_g, np.where(both_zero, 0.0, unsure))),)
 
 
 relu = register(Primitive("relu", relu_runtime, relu_spec, relu_bound, relu_vjp_runtime,
@@ -824,7 +832,7 @@ def sqrt_vjp_runtime(fmt: Format, xs, g):
     """PyTorch's ``SqrtBackward0``, ``g / (2·result)``: ``RN(g / RN(2·RN(√x̂)))``
     (``x̂ = 0`` gives ±inf or NaN, and an infinite bound)."""
     (x,) = xs
-    return (fmt.div(g, scale_runtime(fmt, sqrt_runtime(fmt, x), c=2)),)
+    return (fmt.div(g, scale_error(fmt, mpq(2), sqrt_runtime(fmt, x), 0.0)[0]),)
 
 
 def sqrt_vjp_spec(xs, g: Interval):

@@ -169,7 +169,7 @@ class Interval:
                 if not math.isfinite(v):
                     of[i] = math.inf
                     continue
-            v = mpq(v)
+            v = mpq(int(v)) if isinstance(v, np.integer) else mpq(v)
             of[i] = max(abs(lo[i] - v), abs(hi[i] - v))
         return out
 

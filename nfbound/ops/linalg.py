@@ -46,7 +46,7 @@ import numpy as np
 from ..bounds.rounding import _saturates
 from ..bounds.upward import add_up, mul_up, sum_up
 from ..formats import Format
-from ..formats.fast import op_scalar
+from ..formats.fast import _ABS, _bits, _from_bits, op_scalar
 from . import checks
 from .accumulate import check_order, order_free_bound, rounded_add
 from .elementwise import mul_error
@@ -59,6 +59,9 @@ from .reduce import (_abs_up, _check_bool, _zeros_like_runtime, gamma, order_fre
 # =============================================================================================
 # The fused kernel (compiled formats): runtime and replay bound of (Bt, m, n) @ (Bt, n, k)
 # =============================================================================================
+_INF_BITS = np.int64(0x7FF0000000000000)
+
+
 @numba.njit(cache=True, nogil=True)
 def _op(op, a, b, p, emin, mx, rnd, ovf, simple):
     """One rounded operation (a non-inlined wrapper: keeps the kernels quick to compile)."""
@@ -68,23 +71,36 @@ def _op(op, a, b, p, emin, mx, rnd, ovf, simple):
 @numba.njit(cache=True, nogil=True)
 def _rounding_term(t, p, emin, mx, nearest, saturates):
     """``bounds.rounding.rounding_term`` for one value of an FLT format that fits binary64:
-    ``ulp(t)/2`` (nearest) or ``ulp(t)`` (directed), ``ulp(0) = 2^emin``; ``inf`` for a
-    non-finite ``t`` or a saturated ``|t| = max_finite``. Same float64 operations, same
-    result."""
-    if not math.isfinite(t):
+    ``ulp(t)/2`` (nearest) or ``ulp(t)`` (directed) with ``ulp(t) = 2^max(mag(t) − p, emin)``
+    and ``ulp(0) = 2^emin``; ``inf`` for a non-finite ``t`` or a saturated
+    ``|t| = max_finite``. Same value, bit for bit (``ulp`` is an exact power of two built from
+    the exponent field; ``mag(t) = E − 1022`` for a normal binary64 ``t`` with biased exponent
+    ``E``; a binary64 subnormal or zero ``t`` has ``max(mag − p, emin) = emin`` since it is a
+    format value: only binary64 itself has such values, with ``p = 53``)."""
+    bits = _bits(t) & _ABS
+    E = bits >> 52
+    if E == 0x7FF:
         return math.inf
     if saturates and abs(t) == mx:
         return math.inf
     c = emin
-    if t != 0.0:
-        c = max(math.frexp(t)[1] - p, emin)
-    u = math.ldexp(1.0, c)
+    if E != 0:
+        c = max(E - 1022 - p, emin)
+    if c >= -1022:
+        u = _from_bits(np.int64(c + 1023) << 52)
+    else:
+        u = _from_bits(np.int64(1) << (c + 1074))
     return u * 0.5 if nearest else u
 
 
 @numba.njit(cache=True, nogil=True)
 def _up(v):
-    return np.nextafter(v, np.inf)
+    """``np.nextafter(v, +inf)`` for ``v ≥ +0`` (bounds are nonnegative and never −0 here):
+    the next bit pattern; ``inf`` and NaN stay."""
+    b = _bits(v)
+    if b >= _INF_BITS:          # +inf or NaN (negative patterns do not occur)
+        return v
+    return _from_bits(b + 1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -218,38 +234,44 @@ def _mm3(fmt: Format, A, EA, B, EB, order: str = "sequential", need_bound: bool 
 
 
 def order_free_dot_bound(fmt: Format, abs_products_sum, n: int, eps_sum) -> np.ndarray:
-    """Bound of ``Σ_{j<n} â_j b̂_j`` evaluated in *any* way (any order or tree, blocking, FMA)
-    against the spec ``Σ a_j b_j``, given upper bounds ``S ≥ Σ|â_j b̂_j|`` and
-    ``P ≥ Σ (|â_j|ε_{b_j} + |b̂_j|ε_{a_j} + ε_{a_j}ε_{b_j})``:
+    """Bound of ``Σ_{j<n} â_j b̂_j`` evaluated in *any* way (any order or tree, blocking, FMA,
+    wider intermediate formats) against the spec ``Σ a_j b_j``, given upper bounds
+    ``S ≥ Σ|â_j b̂_j|`` and ``P ≥ Σ (|â_j|ε_{b_j} + |b̂_j|ε_{a_j} + ε_{a_j}ε_{b_j})``. With
+    ``N = n + 1``:
 
-        |ŷ − Σ a b| ≤ γ_n·S + n·η·(1 + γ_{n−1}) + P        (when no rounding overflows)
+        |ŷ − Σ a b| ≤ γ_N·S + N·η·(1 + γ_{N−1}) + P        (when no rounding overflows)
 
-    Model: each rounding is ``RN(z) = z(1 + δ) + θ``, ``|δ| ≤ u``, ``|θ| ≤ η`` (Flocq
-    ``relative_error_N_FLT``). The exact product ``p_j = â_j b̂_j`` meets at most ``n``
-    roundings on its way to the result (its own rounding or the FMA absorbing it, then at most
-    ``n − 1`` additions of a binary tree with ``n`` leaves), so ``Σ p_j Π(1 + δ)`` differs from
-    ``Σ p_j`` by at most ``γ_n Σ|p_j|`` (Higham, Lemma 3.1). Only roundings that involve a
-    product carry a ``θ`` (at most ``n`` of them: a product rounded alone or an FMA): an
-    addition of two format values is exact in the subnormal range (Hauser), ``θ = 0``. Each
-    ``θ`` is then multiplied by at most ``n − 1`` factors ``(1 + δ)``. ``P`` propagates the input
-    errors: ``|â b̂ − a b| ≤ |â|ε_b + |b̂|ε_a + ε_aε_b``. Overflow: the exact operand of every
-    rounding is at most ``(1 + γ_n)S + nη(1 + γ_{n−1})`` in magnitude; where this exceeds
-    ``max_finite`` the bound is ``inf`` (:func:`~nfbound.ops.reduce.overflow_guard`).
+    Model: every rounding is to ``fmt`` or to a format at least as precise (``u' ≤ u``,
+    ``η' ≤ η``), ``RN(z) = z(1 + δ) + θ`` with ``|δ| ≤ u``, ``|θ| ≤ η`` (Flocq
+    ``relative_error_N_FLT``). The exact product ``p_j = â_j b̂_j`` meets at most ``N``
+    roundings on its way to the result: its own rounding or the FMA absorbing it, at most
+    ``n − 1`` additions of a binary tree with ``n`` leaves, and a final conversion to ``fmt``
+    when the accumulator is wider. So ``Σ p_j Π(1 + δ)`` differs from ``Σ p_j`` by at most
+    ``γ_N Σ|p_j|`` (Higham, Lemma 3.1). Only roundings involving a product (a product rounded
+    alone or an FMA: at most ``n``) and the final conversion carry a ``θ``: an addition of two
+    values of a format is exact in its subnormal range (Hauser), ``θ = 0``. Each ``θ`` is then
+    multiplied by at most ``N − 1`` factors ``(1 + δ)``. ``P`` propagates the input errors:
+    ``|â b̂ − a b| ≤ |â|ε_b + |b̂|ε_a + ε_aε_b``. Overflow: the exact operand of every rounding
+    is at most ``Z = (1 + γ_N)S + Nη(1 + γ_{N−1})`` in magnitude; where ``Z > max_finite``
+    the bound is ``inf`` (:func:`~nfbound.ops.reduce.overflow_guard`) — otherwise a
+    saturating format could hide an overflow. ``γ_N = inf`` once ``N·u ≥ 1`` (bfloat16 from
+    ``n = 255``, float8_e4m3fn from ``n = 15``): the bound is then vacuous.
 
-    Written with ``accumulate.order_free_bound`` over ``n + 1`` "terms" (``γ_n·S + n·η + X``)
-    and ``X = P + n·η·γ_{n−1}``. Fixed point (no precision): ``γ = 0``.
+    Written as ``accumulate.order_free_bound`` over ``N + 1`` "terms" (``γ_N·S + N·η + X``)
+    with ``X = P + N·η·γ_{N−1}``. Fixed point (no precision): ``γ = 0``, only the ``θ``'s.
     """
     if n <= 0:
         return np.asarray(eps_sum, dtype=np.float64) + 0.0
-    g1 = gamma(fmt, n - 1)
-    theta = mul_up(float(n), fmt.eta)
+    N = n + 1
+    g1 = gamma(fmt, N - 1)
+    theta = mul_up(float(N), fmt.eta)
     extra = add_up(eps_sum, mul_up(theta, g1))
     if fmt.precision is not None:
-        b = order_free_bound(fmt, abs_products_sum, n + 1, extra)
+        b = order_free_bound(fmt, abs_products_sum, N + 1, extra)
     else:
         b = add_up(theta, extra)
-    gn = gamma(fmt, n)
-    z = add_up(abs_products_sum, mul_up(gn, abs_products_sum), theta, mul_up(theta, g1))
+    z = add_up(abs_products_sum, mul_up(gamma(fmt, N), abs_products_sum), theta,
+               mul_up(theta, g1))
     return overflow_guard(fmt, z, b)
 
 

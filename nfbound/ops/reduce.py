@@ -140,16 +140,22 @@ def overflow_guard(fmt: Format, magnitude, bound) -> np.ndarray:
 def order_free_sum_bound(fmt: Format, abs_sum, n: int, eps_sum) -> np.ndarray:
     """Bound of a sum of ``n`` runtime format values ``t̂_k`` computed in *any* order.
 
-    ``|fl(Σ t̂) − Σ t| ≤ γ_{n−1}·Σ|t̂| + (n − 1)·η + Σ ε_k`` (``accumulate.order_free_bound``;
-    TorchLean ``Reductions/Tree``), valid when no addition overflows: every partial sum's exact
-    value is at most ``(1 + γ_{n−1})·Σ|t̂| + (n − 1)·η`` in magnitude, so where that is
-    ``≤ max_finite`` the model holds, elsewhere the bound is ``inf`` (:func:`overflow_guard`).
-    ``abs_sum`` and ``eps_sum`` must be upper bounds of ``Σ|t̂_k|`` and ``Σ ε_k``.
+    ``|fl(Σ t̂) − Σ t| ≤ γ_n·Σ|t̂| + n·η + Σ ε_k`` — ``accumulate.order_free_bound`` (TorchLean
+    ``Reductions/Tree``: ``γ_{n−1}`` for the at most ``n − 1`` additions on a term's path)
+    taken over ``n + 1`` terms, so that one more rounding per path is covered: an accumulator
+    in a wider format (``u' ≤ u``, ``η' ≤ η``) followed by a final conversion to ``fmt``, as
+    some libraries do. Valid when no rounding overflows: every exact operand is at most
+    ``Z = (1 + γ_n)·Σ|t̂| + n·η`` in magnitude, so where ``Z ≤ max_finite`` the model holds,
+    elsewhere the bound is ``inf`` (:func:`overflow_guard`). ``abs_sum`` and ``eps_sum`` must be
+    upper bounds of ``Σ|t̂_k|`` and ``Σ ε_k``. ``γ_n = inf`` once ``n·u ≥ 1``.
     """
-    g = gamma(fmt, n - 1)
-    b = order_free_bound(fmt, abs_sum, n, eps_sum) if fmt.precision is not None else \
-        add_up(mul_up(float(n - 1 if n > 1 else 0), fmt.eta), eps_sum)
-    z = add_up(abs_sum, mul_up(g, abs_sum), mul_up(float(n - 1 if n > 1 else 0), fmt.eta))
+    if n <= 0:
+        return np.asarray(eps_sum, dtype=np.float64) + 0.0
+    g = gamma(fmt, n)
+    theta = mul_up(float(n), fmt.eta)
+    b = order_free_bound(fmt, abs_sum, n + 1, eps_sum) if fmt.precision is not None else \
+        add_up(theta, eps_sum)
+    z = add_up(abs_sum, mul_up(g, abs_sum), theta)
     return overflow_guard(fmt, z, b)
 
 

@@ -93,17 +93,6 @@ def _sum_down(a, axis: int = -1) -> np.ndarray:
     return acc
 
 
-def _diff_lo_hi(x, m) -> tuple[np.ndarray, np.ndarray]:
-    """float64 ``(lo, hi)`` enclosing the exact ``x̂ − m̂`` (runtime values, broadcast)."""
-    a, b = np.broadcast_arrays(np.asarray(x), np.asarray(m))
-    if a.dtype != object and b.dtype != object:
-        with np.errstate(over="ignore", invalid="ignore"):
-            d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-        return _down(d), up(d)
-    d = np.asarray(a, dtype=object) - np.asarray(b, dtype=object)
-    return -exact_array_up(-d), exact_array_up(d)
-
-
 def _excluded_max(e: np.ndarray) -> np.ndarray:
     """``max_{j ≠ i} ε_j`` along the last axis (0 for a single entry)."""
     n = e.shape[-1]
@@ -135,14 +124,25 @@ def exp_safe(fmt: Format, d):
 
 
 def exp_safe_error(fmt: Format, d, ed):
-    """``(RN(exp(d̂)), η)`` with ``transcendental.exp_bound`` where ``d̂`` is finite, ``inf``
-    elsewhere."""
+    """``(RN(exp(d̂)), η)`` with ``|ê − e^d| ≤ η`` for every ``|d − d̂| ≤ ε_d``:
+    ``η = min(exp_bound, max(ê, e^(d̂ + ε_d)↑))`` where ``d̂`` is finite, ``inf`` elsewhere.
+
+    The second term is the range rule: ``ê`` and ``e^d`` both lie in ``[0, max(ê, e^(d̂+ε))]``.
+    It matters when a huge ``ε_d`` (the rounding term of ``x̂ − m̂`` for far-apart logits) meets
+    a tiny ``e^d̂``: ``e^d̂(e^ε − 1)`` overflows while both values are ≈ 0."""
     d = np.asarray(d)
     ok = _finite(d)
     e = exp_safe(fmt, d)
     eta = np.full(d.shape, np.inf)
     if ok.any():
-        eta[ok] = exp_bound(fmt, (d[ok],), (np.asarray(ed, dtype=np.float64)[ok],))
+        ed = np.broadcast_to(np.asarray(ed, dtype=np.float64), d.shape)
+        dk, ek = d[ok], ed[ok]
+        rule = exp_bound(fmt, (dk,), (ek,))
+        d_hi = exact_array_up(dk) if dk.dtype == object else np.asarray(dk, dtype=np.float64)
+        e_hi = exact_array_up(e[ok]) if e.dtype == object else np.asarray(e[ok], dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rng = np.fmax(e_hi, exp_up(add_up(d_hi, ek)))
+        eta[ok] = np.fmin(rule, rng)
     return e, eta
 
 
@@ -179,23 +179,40 @@ def box_factors(x, ex) -> tuple[np.ndarray, np.ndarray]:
     """Upper bounds ``(H_i, Λ_i)`` of ``y_i`` and of ``1 − y_i`` over the box
     ``B = {z : |z_j − x̂_j| ≤ ε_j}`` (last axis), for ``y = softmax(z)``.
 
-    With ``P_j ≥ e^(z_j − m̂)`` and ``Q_j ≤ e^(z_j − m̂)`` for every ``z ∈ B``
-    (``P_j = e^(x̂_j − m̂ + ε_j)↑``, ``Q_j = e^(x̂_j − m̂ − ε_j)↓``):
-    ``y_i ≤ P_i / Σ_j Q_j`` and ``1 − y_i = Σ_{j≠i} e_j/(e_i + Σ_{j≠i} e_j) ≤ Σ_{j≠i} P_j / Q_i``,
-    with ``Σ_{j≠i} P_j ≤ (Σ_j P_j)↑ − P_i`` (rounded up).
+    Any shift cancels (module docstring); take ``c = max_j (x̂_j − ε_j)↓`` (a float64, an exact
+    constant), so the largest lower corner has ``e^(·−c) ≥ 1`` however large the ``ε`` are.
+    With ``P_j = e^((x̂_j + ε_j) − c)↑ ≥ e^(z_j − c)`` and ``Q_j = e^((x̂_j − ε_j) − c)↓ ≤
+    e^(z_j − c)`` for every ``z ∈ B``: ``y_i ≤ P_i / Σ_j Q_j`` and
+    ``1 − y_i = Σ_{j≠i} e_j/(e_i + Σ_{j≠i} e_j) ≤ Σ_{j≠i} P_j / Q_i``, with
+    ``Σ_{j≠i} P_j ≤ (Σ_j P_j)↑ − P_i`` (rounded up). ``inf`` (no information) where every
+    ``ε`` of the row is infinite.
     """
-    m = np.max(x, axis=-1, keepdims=True)
-    lo, hi = _diff_lo_hi(x, m)
+    xl, xh = _value_lo_hi(x)
     with np.errstate(invalid="ignore", over="ignore"):
-        P = exp_up(add_up(hi, ex))
-        Q = _exp_down(_down(lo - ex))
+        low = np.where(ex == 0, xl, _down(xl - ex))
+        high = np.where(ex == 0, xh, up(xh + ex))
+        c = np.max(low, axis=-1, keepdims=True)
+        P = exp_up(up(high - c))
+        Q = _exp_down(_down(low - c))
+    P = np.where(np.isnan(P), np.inf, P)
+    Q = np.where(np.isnan(Q), 0.0, Q)
     T = sum_up(P, axis=-1)
     D = _sum_down(Q, axis=-1)
     H = div_up(P, D[..., None])
     with np.errstate(invalid="ignore"):
         rest = np.maximum(up(T[..., None] - P), 0.0)
     Lam = div_up(rest, Q)
-    return H, Lam
+    finite_c = np.isfinite(c)
+    return np.where(finite_c, H, np.inf), np.where(finite_c, Lam, np.inf)
+
+
+def _value_lo_hi(x) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``(lo, hi)`` with ``lo ≤ x̂ ≤ hi`` (``x̂`` itself for float64 runtime values)."""
+    a = np.asarray(x)
+    if a.dtype != object:
+        a = np.asarray(a, dtype=np.float64)
+        return a, a
+    return -exact_array_up(-a), exact_array_up(a)
 
 
 def softmax_last(fmt: Format, x, order: str = "sequential"):
@@ -287,20 +304,34 @@ def exp_enclosure(lo, hi) -> Interval:
 def softmax_last_spec(x: Interval) -> Interval:
     """Enclosure of ``softmax`` over the box ``[lo, hi]`` along the last axis.
 
-    ``y_i = a/(a + b)`` with ``a = e^(x_i − c)``, ``b = Σ_{j≠i} e^(x_j − c)`` is increasing in
-    ``x_i`` and decreasing in every other ``x_j``, so its range over the box is
+    ``y_i = a/(a + b)`` with ``a = e^(x_i − c)``, ``b = Σ_{j≠i} e^(x_j − c)`` (any shift ``c``)
+    is increasing in ``x_i`` and decreasing in every other ``x_j``, so its range over the box is
     ``[y_i(lo_i; hi_{j≠i}), y_i(hi_i; lo_{j≠i})]``, enclosed with the exponential enclosures
-    (``a/(a + b)`` increasing in ``a``, decreasing in ``b``). ``c = max_j hi_j``.
+    (``a/(a + b)`` increasing in ``a``, decreasing in ``b``). The lower ends use
+    ``c = max_j hi_j`` and the upper ends ``c = max_j lo_j``: then the largest competing term is
+    ``e^0 = 1`` exactly unless it is ``x_i``'s own, so clamping exponents below
+    :data:`EXP_FLOOR` costs at most ``e^−2000`` relative. An upper end whose exponent
+    ``hi_i − max lo`` exceeds ``−EXP_FLOOR`` is taken as 1 (``y_i ≤ 1``). For an exact input
+    both shifts are the row maximum.
     """
-    c = np.max(x.hi, axis=-1, keepdims=True)
-    Elo = exp_enclosure(x.lo - c, x.lo - c)
-    Ehi = Elo if x.lo is x.hi else exp_enclosure(x.hi - c, x.hi - c)
-    sum_hi_of_hi = np.sum(Ehi.hi, axis=-1, keepdims=True)
-    sum_lo_of_lo = np.sum(Elo.lo, axis=-1, keepdims=True)
-    a_lo, b_hi = Elo.lo, sum_hi_of_hi - Ehi.hi
-    a_hi, b_lo = Ehi.hi, sum_lo_of_lo - Elo.lo
-    lo = np.vectorize(lambda a, b: a / (a + b) if a > 0 else mpq(0), otypes=[object])(a_lo, b_hi)
-    hi = np.vectorize(lambda a, b: a / (a + b), otypes=[object])(a_hi, b_lo)
+    c_lo = np.max(x.hi, axis=-1, keepdims=True)
+    E_lo_pt = exp_enclosure(x.lo - c_lo, x.lo - c_lo)            # e^(lo − c_lo)
+    E_hi_pt = E_lo_pt if x.lo is x.hi else exp_enclosure(x.hi - c_lo, x.hi - c_lo)
+    total_hi = np.sum(E_hi_pt.hi, axis=-1, keepdims=True)
+    lo = np.vectorize(lambda a, b: a / (a + b) if a > 0 else mpq(0),
+                      otypes=[object])(E_lo_pt.lo, total_hi - E_hi_pt.hi)
+    if x.lo is x.hi:
+        a_hi, b_lo = E_lo_pt.hi, np.sum(E_lo_pt.lo, axis=-1, keepdims=True) - E_lo_pt.lo
+        hi = np.vectorize(lambda a, b: a / (a + b), otypes=[object])(a_hi, b_lo)
+        return Interval(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object))
+    c_hi = np.max(x.lo, axis=-1, keepdims=True)
+    arg = x.hi - c_hi
+    huge = np.vectorize(lambda v: v > -EXP_FLOOR, otypes=[bool])(arg)
+    arg = np.where(huge, mpq(0), arg)
+    A = exp_enclosure(arg, arg).hi                                 # e^(hi_i − c_hi)
+    B = exp_enclosure(x.lo - c_hi, x.lo - c_hi).lo                 # e^(lo_j − c_hi)
+    b_lo = np.sum(B, axis=-1, keepdims=True) - B
+    hi = np.vectorize(lambda a, b, h: mpq(1) if h else a / (a + b), otypes=[object])(A, b_lo, huge)
     return Interval(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object))
 
 
