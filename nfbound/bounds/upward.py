@@ -28,8 +28,14 @@ def add_up(*terms) -> np.ndarray:
     """Upper bound of ``Σ terms`` (nonnegative arrays, broadcast), one step up per addition."""
     acc = np.asarray(terms[0], dtype=np.float64)
     for t in terms[1:]:
-        acc = up(acc + t)
+        acc = _add_step(acc, np.asarray(t, dtype=np.float64))
     return acc
+
+
+def _add_step(acc: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``acc + t`` rounded up; adding an exact 0 is exact and takes no step."""
+    with np.errstate(over="ignore"):
+        return np.where(t == 0, acc, np.where(acc == 0, t, up(acc + t)))
 
 
 def mul_up(a, b) -> np.ndarray:
@@ -63,7 +69,7 @@ def sum_up(x, axis=None) -> np.ndarray:
         return np.zeros(a.shape[1:])
     acc = a[0].copy()
     for k in range(1, a.shape[0]):
-        acc = up(acc + a[k])
+        acc = _add_step(acc, a[k])
     return acc
 
 
