@@ -283,6 +283,19 @@ def midpoints(fmt: Format, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.ldexp((2 * m + 1).astype(np.float64), c - 1)
 
 
+def every_binade_midpoints(fmt: Format) -> np.ndarray:
+    """In every binade from below the smallest subnormal to above max: the midpoints after
+    the two smallest and before the two largest values (both parities of ``m``)."""
+    p, emin, top = fmt.precision, fmt.emin, top_binade(fmt)
+    k = np.arange(emin, top + 1)
+    c = np.maximum(k + 1 - p, emin)
+    lo, hi = np.left_shift(1, k - c), np.left_shift(1, k + 1 - c)
+    m = np.concatenate([lo, lo + 1, hi - 2, hi - 1, [0]])
+    c = np.concatenate([c, c, c, c, [emin]])
+    ok = m >= 0
+    return np.ldexp((2 * m[ok] + 1).astype(np.float64), c[ok] - 1)
+
+
 def random_binades(fmt: Format, n: int, rng: np.random.Generator) -> np.ndarray:
     """Random binary64 values, binade uniform from 3 below the smallest subnormal to 2 above
     the top binade, random 52-bit fraction."""
@@ -321,11 +334,14 @@ def boundary_values(fmt: Format) -> np.ndarray:
 
 
 def rounding_inputs(fmt: Format, n: int, seed: int) -> np.ndarray:
-    """≥ n inputs: boundary values, then 45 % midpoints (± one binary64 ulp each, so three
+    """≥ n inputs: boundary values and midpoints in every binade (± one binary64 ulp), then 45 % midpoints (± one binary64 ulp each, so three
     values per midpoint), 40 % random binary64 values over all binades, the rest random values
     of the format itself (exact cases)."""
     rng = np.random.default_rng(seed)
-    b = boundary_values(fmt)
+    mids = every_binade_midpoints(fmt)
+    with np.errstate(over="ignore"):
+        mids = np.concatenate([mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf)])
+    b = np.concatenate([boundary_values(fmt), mids, -mids])
     rest = max(n - b.size, 0)
     nm = int(rest * 0.45) // 3
     mids = midpoints(fmt, nm, rng)

@@ -26,7 +26,7 @@ from test_formats import (BINARY_PRESETS, MODES, MpfrOracle, assert_bits_equal, 
 OPS = ["add", "sub", "mul", "div", "sqrt"]
 N_PRESET = 2 * 10**5      # per preset and op (default run)
 N_MODE = 10**5            # per mode and op on bfloat16
-N_WIDE_P = 2 * 10**4      # per precision, mode and op for p = 26..51
+N_WIDE_P = 15000          # per precision, mode and op for p = 26..51
 SLOW = 10                 # the slow sweeps use SLOW× as many values
 
 

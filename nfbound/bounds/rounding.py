@@ -29,7 +29,9 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
         a = a.astype(np.float64, copy=False)
         finite = np.isfinite(a)
         ulp = fmt.ulp(np.where(finite, a, 0.0))
-        h = ulp * 0.5 if fmt.is_nearest else ulp
+        # ulp/2 is exact except for ulp = 2^−1074 (binary64's own quantum), where it underflows
+        # to 0: the smallest float64 above 2^−1075 is 2^−1074 itself
+        h = np.maximum(ulp * 0.5, np.float64(5e-324)) if fmt.is_nearest else ulp
         if fmt.fexp.kind == "FLX":
             h = np.where(a == 0, 0.0, h)
         h = np.where(finite, h, np.inf)

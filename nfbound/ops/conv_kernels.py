@@ -17,8 +17,9 @@ same float64 operations, in the same order, as the NumPy generic path
 paths give bit-identical bounds (tested):
 
 * product term  ``ε_t = ((|a|·ε_w ⊕ |w|·ε_a) ⊕ ε_a·ε_w) ⊕ r_mul`` where every ``⊕``/``·`` is a
-  binary64 operation followed by one step up (``nextafter(·, +inf)``), a product with a zero
-  factor is exactly 0, and ``r_mul = 0`` when ``a = 0`` or ``w = 0`` (exact product);
+  binary64 operation followed by one step up (``nextafter(·, +inf)``), except that a product
+  with a zero factor is exactly 0 and adding an exact 0 is exact (no step; ``add_up``); a NaN
+  bound becomes ``inf``; ``r_mul = 0`` when ``a = 0`` or ``w = 0`` (exact product);
 * accumulation  ``e ← (e ⊕ ε_t) ⊕ r_add`` with ``r_add = 0`` when ``s = 0`` or ``t = 0``;
 * ``r`` = :func:`rounding_term` of the runtime result: ``ulp(ẑ)/2`` (nearest) or ``ulp(ẑ)``
   (directed), ``inf`` when ``ẑ`` is not finite or is a saturated ``±max_finite``.
@@ -88,6 +89,17 @@ def mul_up(a, b):
 
 
 @_inline
+def add_step(acc, t):
+    """One addition of :func:`nfbound.bounds.upward.add_up`: ``acc + t`` rounded up, exact
+    (no step) when an operand is 0."""
+    if t == 0.0:
+        return acc
+    if acc == 0.0:
+        return t
+    return up(acc + t)
+
+
+@_inline
 def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
     """:func:`nfbound.bounds.rounding.rounding_term` of one runtime result ``z`` (FLT formats):
     ``ulp(z)/2`` or ``ulp(z)`` with ``ulp(z) = 2^max(mag(z) − p, emin)`` (``2^emin`` at 0),
@@ -144,6 +156,47 @@ def _nearest_even_hot(x, p, emin, max_finite):
     return True, _i2f(r | (b & _SIGN))
 
 
+@_inline
+def _nearest_even_lane(x, d0, e0, maxbits):
+    """Branch-free form of :func:`_nearest_even_hot` for vectorised loops (as
+    ``fast._round_block``): ``(y, bad)`` with ``y = RN(x)`` whenever ``bad`` is 0; ``bad`` is 1
+    for the cases left to the general code (``d0 = 53 − p``, ``e0 = emin + 1075``, ``maxbits``
+    the bit pattern of ``max_finite``)."""
+    b = _f2i(x)
+    a = b & _ABS
+    E = a >> 52
+    d = max(d0, e0 - E)
+    dd = min(max(d, 0), 52)
+    one = np.int64(1)
+    mask = (one << dd) - 1
+    half = mask - (mask >> 1)
+    inc = half - 1 + (((a | _IMPLICIT) >> dd) & one)
+    inc = inc if dd > 0 else np.int64(0)
+    r = (a + inc) & ~mask
+    bad = (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits)
+    return _i2f(r | (b & _SIGN)), np.int64(bad)
+
+
+@_inline
+def _dot_step_lanes(a, ws, s, tmp, started, d0, e0, maxbits):
+    """``tmp[co] = RN(s[co] + RN(a·ws[co]))`` (or ``RN(a·ws[co])`` for the first term) for all
+    lanes without branches, so LLVM vectorises the loop; returns whether some lane needs the
+    general code (then ``tmp`` is to be discarded)."""
+    bad = np.int64(0)
+    if started:
+        for co in range(s.size):
+            t, b1 = _nearest_even_lane(a * ws[co], d0, e0, maxbits)
+            y, b2 = _nearest_even_lane(s[co] + t, d0, e0, maxbits)
+            tmp[co] = y
+            bad |= b1 | b2
+    else:
+        for co in range(s.size):
+            t, b1 = _nearest_even_lane(a * ws[co], d0, e0, maxbits)
+            tmp[co] = t
+            bad |= b1
+    return bad != 0
+
+
 @_call
 def _op_general(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     """``Format._op`` on scalars: :func:`nfbound.formats.fast.op_scalar`, then infinities
@@ -188,8 +241,8 @@ def _product(a, ea, w, ew, with_bound, p, emin, max_finite, rounding, overflow, 
     if not with_bound:
         return t, 0.0
     r = rounding_term(t, a == 0.0 or w == 0.0, p, emin, max_finite, nearest, saturates)
-    et = up(up(up(mul_up(abs(a), ew) + mul_up(abs(w), ea)) + mul_up(ea, ew)) + r)
-    return t, et
+    et = add_step(add_step(add_step(mul_up(abs(a), ew), mul_up(abs(w), ea)), mul_up(ea, ew)), r)
+    return t, (math.inf if et != et else et)
 
 
 @_inline
@@ -202,7 +255,7 @@ def _accumulate(started, s, e, t, et, with_bound, p, emin, max_finite, rounding,
     s2 = add(s, t, p, emin, max_finite, rounding, overflow, simple)
     if with_bound:
         r = rounding_term(s2, s == 0.0 or t == 0.0, p, emin, max_finite, nearest, saturates)
-        e = up(up(e + et) + r)
+        e = add_step(add_step(e, et), r)
     return s2, e
 
 
@@ -215,18 +268,23 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
     Shapes: ``A, eA`` (N, C, S); ``W, eW`` (C, K, Co); ``bias, eb`` (Co,); tables (P, M).
     Serves the conv forward, the conv input gradient and the transpose-conv forward. One
     parallel task per ``(n, t)``; the innermost loop runs over the independent sums of all
-    output channels (the order of each sum is unchanged), which lets the CPU overlap them.
+    output channels (the order of each sum is unchanged). Without bounds, in ties-to-even
+    formats where binary64 double rounding is innocuous, that loop is branch-free and
+    vectorised (:func:`_dot_step_lanes`), redone with the general code when a lane needs it.
     """
     N, C = A.shape[0], A.shape[1]
     Co = W.shape[2]
     P = first.shape[0]
     out = np.zeros((N, Co, P))
     bnd = np.zeros((N, Co, P))
+    lanes = simple and rounding == NEAREST_EVEN
+    d0, e0, maxbits = 53 - p, emin + 1075, _f2i(max_finite)
     for q in prange(N * P):
         n = q // P
         t = q % P
         s = np.zeros(Co)
         e = np.zeros(Co)
+        tmp = np.zeros(Co)
         started = False
         for c in range(C):
             for j in range(count[t]):
@@ -242,6 +300,8 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
                         s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
                                                    max_finite, rounding, overflow, simple,
                                                    nearest, saturates)
+                elif lanes and not _dot_step_lanes(a, W[c, k], s, tmp, started, d0, e0, maxbits):
+                    s[:] = tmp
                 else:
                     for co in range(Co):
                         tt = mul(a, W[c, k, co], p, emin, max_finite, rounding, overflow, simple)
@@ -273,11 +333,14 @@ def weight_grad(X, eX, D, eD, first, second, count, with_bound,
     K = first.shape[0]
     out = np.zeros((Co, Ci, K))
     bnd = np.zeros((Co, Ci, K))
+    lanes = simple and rounding == NEAREST_EVEN
+    d0, e0, maxbits = 53 - p, emin + 1075, _f2i(max_finite)
     for q in prange(Ci * K):
         ci = q // K
         k = q % K
         s = np.zeros(Co)
         e = np.zeros(Co)
+        tmp = np.zeros(Co)
         started = False
         for n in range(N):
             for j in range(count[k]):
@@ -293,6 +356,8 @@ def weight_grad(X, eX, D, eD, first, second, count, with_bound,
                         s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
                                                    max_finite, rounding, overflow, simple,
                                                    nearest, saturates)
+                elif lanes and not _dot_step_lanes(x, D[n, o], s, tmp, started, d0, e0, maxbits):
+                    s[:] = tmp
                 else:
                     for co in range(Co):
                         tt = mul(x, D[n, o, co], p, emin, max_finite, rounding, overflow, simple)

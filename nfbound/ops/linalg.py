@@ -31,10 +31,13 @@ For ``linear``: ``d_input = δ·W``, ``d_weight = δᵀ·x`` summed over all lea
 positions in row-major order (batch outer, then rows), ``d_bias = Σ δ`` over the same
 positions.
 
-Speed: reductions are evaluated one reduction index at a time, vectorised over all outputs;
-for compiled formats (``fmt.fast_ops``) the sequential, reversed and blocked orders run a fused
-Numba kernel computing the runtime and the replay bound in one pass, bit-for-bit equal to the
-generic path (tested).
+Speed: reductions are evaluated one reduction index at a time, vectorised over all outputs
+(:func:`~nfbound.ops.reduce.stream_reduce`); for compiled formats (``fmt.fast_ops``) the
+sequential, reversed and blocked orders run a fused Numba kernel computing the runtime and the
+replay bound in one pass, bit for bit equal to the generic path (tested) — with one deliberate
+exception: for binary64 products that underflow (``ulp = 2^−1074``) the kernel charges
+``2^−1074`` where ``bounds.rounding.rounding_term`` computes ``ulp·0.5``, which rounds to 0.
+The pairwise order uses the generic path.
 """
 from __future__ import annotations
 
@@ -73,10 +76,15 @@ def _rounding_term(t, p, emin, mx, nearest, saturates):
     """``bounds.rounding.rounding_term`` for one value of an FLT format that fits binary64:
     ``ulp(t)/2`` (nearest) or ``ulp(t)`` (directed) with ``ulp(t) = 2^max(mag(t) − p, emin)``
     and ``ulp(0) = 2^emin``; ``inf`` for a non-finite ``t`` or a saturated
-    ``|t| = max_finite``. Same value, bit for bit (``ulp`` is an exact power of two built from
-    the exponent field; ``mag(t) = E − 1022`` for a normal binary64 ``t`` with biased exponent
-    ``E``; a binary64 subnormal or zero ``t`` has ``max(mag − p, emin) = emin`` since it is a
-    format value: only binary64 itself has such values, with ``p = 53``)."""
+    ``|t| = max_finite``.
+
+    ``ulp`` is the exact power of two built from the exponent field: ``mag(t) = E − 1022``
+    for a normal binary64 ``t`` with biased exponent ``E``; a binary64 subnormal or zero ``t``
+    has ``max(mag − p, emin) = emin`` (only binary64 itself has such format values, and its
+    ``p = 53``). Same value as ``rounding_term`` bit for bit, except where ``ulp/2 = 2^−1075``
+    (binary64 products that underflow): that is not a binary64 number, NumPy's ``ulp * 0.5``
+    rounds it to an unsound 0, and this returns ``2^−1074``.
+    """
     bits = _bits(t) & _ABS
     E = bits >> 52
     if E == 0x7FF:
@@ -90,7 +98,11 @@ def _rounding_term(t, p, emin, mx, nearest, saturates):
         u = _from_bits(np.int64(c + 1023) << 52)
     else:
         u = _from_bits(np.int64(1) << (c + 1074))
-    return u * 0.5 if nearest else u
+    if not nearest:
+        return u
+    if c == -1074:
+        return u            # ulp/2 = 2^−1075 is not a binary64 number: round it up
+    return u * 0.5
 
 
 @numba.njit(cache=True, nogil=True)
@@ -112,6 +124,16 @@ def _mul_up(a, b):
 
 
 @numba.njit(cache=True, nogil=True)
+def _add_step(acc, t):
+    """``upward.add_up``'s step: adding an exact 0 is exact (no step), else ``up(acc + t)``."""
+    if t == 0.0:
+        return acc
+    if acc == 0.0:
+        return t
+    return _up(acc + t)
+
+
+@numba.njit(cache=True, nogil=True)
 def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, nearest,
                  saturates, C, E, r0, r1):
     """Sequential ``C[b,i,l] = Σ_j RN(A[b,i,j]·BT[b,l,j])`` and its replay bound ``E`` for the
@@ -119,7 +141,8 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
 
     Exactly the generic path's operations, in the same order: the term bound is
     ``add_up(|a|ε_x, |x|ε_a, ε_aε_x, r_mul)`` (``mul_error``), the accumulation
-    ``e ← up(up(e + ε_t) + r_add)`` (``rounded_add``), ``t_0`` taken exactly (``0 + t_0``).
+    ``e ← add_up(e, ε_t, r_add)`` (``rounded_add``), ``t_0`` taken exactly (``0 + t_0``);
+    ``add_up`` steps up after every addition of a nonzero term (:func:`_add_step`).
     """
     m, n = A.shape[1], A.shape[2]
     k = BT.shape[1]
@@ -141,9 +164,11 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
                     if a != 0.0 and x != 0.0:
                         rt = _rounding_term(t, p, emin, mx, nearest, saturates)
                     et = _mul_up(abs(a), ex)
-                    et = _up(et + _mul_up(abs(x), ea))
-                    et = _up(et + _mul_up(ea, ex))
-                    et = _up(et + rt)
+                    et = _add_step(et, _mul_up(abs(x), ea))
+                    et = _add_step(et, _mul_up(ea, ex))
+                    et = _add_step(et, rt)
+                    if et != et:                     # elementwise._nan_to_inf
+                        et = math.inf
                 if j == 0:
                     s = t
                     e = et
@@ -153,7 +178,7 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
                         ra = 0.0
                         if s != 0.0 and t != 0.0:
                             ra = _rounding_term(s2, p, emin, mx, nearest, saturates)
-                        e = _up(_up(e + et) + ra)
+                        e = _add_step(_add_step(e, et), ra)
                     s = s2
             C[b, i, col] = s
             E[b, i, col] = e

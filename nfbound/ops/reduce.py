@@ -14,9 +14,18 @@ materialised; it is bit-for-bit the computation of :func:`~nfbound.ops.accumulat
 order (:func:`order_free_sum_bound`), e.g. for a reduction computed by a library whose order
 is unknown.
 
+* ``sum``: the rounded sum (an empty sum is exactly 0);
+* ``mean``: ``RN(ŝ / n)`` — the rounded sum divided by the exact count ``n`` with *one*
+  rounding (correctly rounded even when ``n`` is not a format value); bound
+  ``e_s / n + r(RN(ŝ/n))``;
+* ``max``: exact (no rounding); values only — the index is the first maximal one, as
+  ``torch.max(x, dim)``, and the VJP sends the gradient there; its bound accounts for a
+  runtime argmax that differs from the spec's (:func:`max_vjp_bound`).
+
 Axis conventions (NumPy names, PyTorch semantics): ``axis`` is an int (negative counts from the
 end) or ``None`` for all elements in row-major order; ``keepdims`` keeps the reduced axis with
-size 1.
+size 1. The module attributes ``sum`` and ``max`` are the primitives (they shadow the
+builtins inside this module, which therefore uses NumPy's).
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
-from ..bounds.upward import add_up, div_up, exact_array_up, mul_up, sum_up, up
+from ..bounds.upward import add_up, div_up, exact_array_up, mul_up, sum_up
 from ..formats import Format, fast
 from . import checks
 from .accumulate import check_order, gamma_up, order_free_bound, rounded_add
@@ -285,7 +294,8 @@ def _sample_reduce(rng, fmt: Format):
     x = fmt.round(rng.standard_normal(shape) * 4)
     axis = int(rng.integers(-nd, nd)) if rng.random() < 0.85 else None
     order = str(rng.choice(["sequential", "reversed", "pairwise", "blocked:2"]))
-    return (x,), {"axis": axis, "keepdims": bool(rng.random() < 0.3), "order": order}
+    return (x,), {"axis": axis, "keepdims": bool(rng.random() < 0.3), "order": order,
+                  "order_free": bool(rng.random() < 0.25)}
 
 
 # =============================================================================================
