@@ -10,8 +10,9 @@ Oracles (nothing of nfbound is used to compute an expected value):
 - decimal formats: Python's ``decimal`` with ``prec = p``, ``Emin = emin + p − 1`` (``Etiny =
   emin``), ``Emax``, no traps.
 
-The default run checks ≥ 10^6 values per preset and per rounding mode; ``-m slow`` repeats with
-10^7. ``test_formats_ops.py`` reuses the oracle for ``+ − × ÷ √``.
+The default run checks ≥ 10^6 values per preset and per rounding mode (bfloat16); ``-m slow``
+checks 10^7 per preset, 5·10^6 per mode and more precisions. ``test_formats_ops.py`` reuses the
+oracle for ``+ − × ÷ √``.
 """
 from __future__ import annotations
 

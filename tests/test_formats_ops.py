@@ -316,7 +316,7 @@ def _decimal_operands(fmt: Format, n: int, rng):
         d = D(m).scaleb(c)
         out.append(d.copy_negate() if rng.random() < 0.5 else d)
     M = D(int(mx.numerator))
-    out += [M, D(5).scaleb(top - p), D(1).scaleb(emin), D(15).scaleb(emin - 1 + 1), D(0)]
+    out += [M, D(5).scaleb(top - p), D(1).scaleb(emin), D(15).scaleb(emin), D(0)]
     return out
 
 
@@ -341,10 +341,10 @@ def test_decimal_ops_match_decimal_module(name, mode, op):
         want = [dec_to_exact(ctx.sqrt(d)) for d in da]
     else:
         dec_op = {"add": ctx.add, "sub": ctx.subtract, "mul": ctx.multiply, "div": ctx.divide}[op]
-        nz = [d for d in db]
         got = getattr(fmt, op)(qa, qb)
+        # x/±0: exact rationals have no signed zero (tested on binary formats)
         want = [dec_to_exact(dec_op(x, y)) if not (op == "div" and y == 0) else None
-                for x, y in zip(da, nz)]
+                for x, y in zip(da, db)]
     bad = [(x, g, w) for x, g, w in zip(da, got, want) if w is not None and not (
         g == w or (isinstance(g, float) and math.isnan(g) and isinstance(w, float) and math.isnan(w)))]
     assert not bad, f"{op} in {name} {mode}: {len(bad)} of {len(got)} mismatch decimal, e.g. {bad[:4]}"

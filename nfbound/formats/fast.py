@@ -4,7 +4,9 @@ Rounding a binary64 value ``x`` to ``FLT(p, emin)``: with the integer significan
 ``x = M · 2^q`` (``q`` the binary64 quantum of ``x``), the target quantum is
 ``2^c`` with ``c = max(mag(x) − p, emin)``; dropping ``d = c − q`` bits of ``M`` and rounding
 the integer quotient in the format's mode gives ``RN(x) = ⌊M / 2^d⌉ · 2^c`` exactly (no
-floating-point operation is involved but the final exact ``ldexp``).
+floating-point operation is involved but the final exact ``ldexp``). :func:`round_array` does
+this on blocks of bit patterns without branches (vectorized; see :func:`_round_block`) and calls
+:func:`round_scalar` only for the elements a block cannot handle.
 
 Elementary operations ``a ∘ b`` on format values are computed in binary64 together with an
 exact *residual* ``ρ`` (``a ∘ b = s + ρ`` exactly: TwoSum for ±, Dekker's TwoProduct for ×,
@@ -265,7 +267,7 @@ def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
 #: costs more than the work).
 PARALLEL_MIN = 1 << 17
 #: Elements per block of :func:`round_array` (a block is one task of the parallel loop).
-BLOCK = 4096
+BLOCK = 512
 
 
 def round_array(x, p, emin, max_finite, rounding, overflow, out=None):

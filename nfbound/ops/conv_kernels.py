@@ -102,8 +102,9 @@ def add_step(acc, t):
 @_inline
 def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
     """:func:`nfbound.bounds.rounding.rounding_term` of one runtime result ``z`` (FLT formats):
-    ``ulp(z)/2`` or ``ulp(z)`` with ``ulp(z) = 2^max(mag(z) − p, emin)`` (``2^emin`` at 0),
-    ``inf`` if ``z`` is not finite or a saturated ``±max_finite``, 0 if the op was exact."""
+    ``ulp(z)/2`` (at least ``2^−1074``) or ``ulp(z)`` with ``ulp(z) = 2^max(mag(z) − p, emin)``
+    (``2^emin`` at 0), ``inf`` if ``z`` is not finite or a saturated ``±max_finite``, 0 if the
+    op was exact."""
     if exact:
         return 0.0
     if not math.isfinite(z):
@@ -121,8 +122,10 @@ def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
         c -= 1
     if c >= -1022:                  # 2^c (the ulp, or ulp/2), built from its bit pattern
         return _i2f((c + 1023) << 52)
-    h = math.ldexp(1.0, c + 1 if nearest else c)   # as NumPy: ulp, then · 0.5 (may underflow)
-    return h * 0.5 if nearest else h
+    if not nearest:
+        return math.ldexp(1.0, c)
+    # as NumPy: ulp·0.5, which underflows to 0 for ulp = 2^−1074; 2^−1074 bounds 2^−1075
+    return max(math.ldexp(1.0, c + 1) * 0.5, _TINY)
 
 
 @_inline
@@ -197,6 +200,74 @@ def _dot_step_lanes(a, ws, s, tmp, started, d0, e0, maxbits):
     return bad != 0
 
 
+@_inline
+def _up_lane(v):
+    """:func:`up` for ``v ≥ 0`` (or NaN) as selects: ``nextafter(v, +inf)``."""
+    nxt = _i2f(_f2i(v) + 1)
+    return _TINY if v == 0.0 else (v if v == math.inf else nxt)
+
+
+@_inline
+def _mul_up_lane(a, b):
+    """:func:`mul_up` as selects."""
+    pr = _up_lane(a * b)
+    return 0.0 if (a == 0.0) | (b == 0.0) else pr
+
+
+@_inline
+def _add_step_lane(acc, t):
+    """:func:`add_step` as selects."""
+    sm = _up_lane(acc + t)
+    return acc if t == 0.0 else (t if acc == 0.0 else sm)
+
+
+@_inline
+def _rounding_term_lane(z, exact, p, emin, max_finite, saturates):
+    """:func:`rounding_term` for nearest modes as selects: ``(r, bad)``; ``bad`` when ``z`` is
+    not finite, a binary64 subnormal, saturated, or ``ulp(z)/2 < 2^−1022`` (left to the scalar
+    code)."""
+    E = (_f2i(z) & _ABS) >> 52
+    c = max(E - 1022 - p, emin)
+    c = (emin if z == 0.0 else c) - 1
+    r = _i2f((max(c, -1022) + 1023) << 52)
+    bad = (E == 0x7FF) | ((E == 0) & (z != 0.0)) | (c < -1022) | (saturates & (abs(z) == max_finite))
+    return (0.0 if exact else r), np.int64(bad & (not exact))
+
+
+@_inline
+def _dot_step_lanes_bound(a, ea, ws, ews, s, e, ts, te, started, p, emin, max_finite,
+                          saturates, d0, e0, maxbits):
+    """The bound-carrying step of :func:`_dot_step_lanes` (nearest-even, ``simple`` formats):
+    for every lane ``co`` the product ``RN(a·w)`` with its mul-rule bound and the accumulation
+    with its rounding term, exactly the operations of :func:`_product` and
+    :func:`_accumulate`, written with selects so that the loop vectorises; results into
+    ``ts``, ``te``; returns whether some lane needs the scalar code (then both are discarded)."""
+    bad = np.int64(0)
+    aa = abs(a)
+    for co in range(s.size):
+        w = ws[co]
+        ew = ews[co]
+        t, b1 = _nearest_even_lane(a * w, d0, e0, maxbits)
+        rm, b2 = _rounding_term_lane(t, (a == 0.0) | (w == 0.0), p, emin, max_finite, saturates)
+        et = _add_step_lane(_add_step_lane(_add_step_lane(_mul_up_lane(aa, ew),
+                                                          _mul_up_lane(abs(w), ea)),
+                                           _mul_up_lane(ea, ew)), rm)
+        et = math.inf if et != et else et
+        if started:
+            sc = s[co]
+            y, b3 = _nearest_even_lane(sc + t, d0, e0, maxbits)
+            ra, b4 = _rounding_term_lane(y, (sc == 0.0) | (t == 0.0), p, emin, max_finite,
+                                         saturates)
+            ts[co] = y
+            te[co] = _add_step_lane(_add_step_lane(e[co], et), ra)
+            bad |= b1 | b2 | b3 | b4
+        else:
+            ts[co] = t
+            te[co] = et
+            bad |= b1 | b2
+    return bad != 0
+
+
 @_call
 def _op_general(op, a, b, p, emin, max_finite, rounding, overflow, simple):
     """``Format._op`` on scalars: :func:`nfbound.formats.fast.op_scalar`, then infinities
@@ -268,9 +339,10 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
     Shapes: ``A, eA`` (N, C, S); ``W, eW`` (C, K, Co); ``bias, eb`` (Co,); tables (P, M).
     Serves the conv forward, the conv input gradient and the transpose-conv forward. One
     parallel task per ``(n, t)``; the innermost loop runs over the independent sums of all
-    output channels (the order of each sum is unchanged). Without bounds, in ties-to-even
-    formats where binary64 double rounding is innocuous, that loop is branch-free and
-    vectorised (:func:`_dot_step_lanes`), redone with the general code when a lane needs it.
+    output channels (the order of each sum is unchanged). In ties-to-even formats where
+    binary64 double rounding is innocuous, that loop is branch-free and vectorised
+    (:func:`_dot_step_lanes`, :func:`_dot_step_lanes_bound`), and redone with the scalar code
+    when some lane needs it.
     """
     N, C = A.shape[0], A.shape[1]
     Co = W.shape[2]
@@ -285,6 +357,7 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
         s = np.zeros(Co)
         e = np.zeros(Co)
         tmp = np.zeros(Co)
+        tmpe = np.zeros(Co)
         started = False
         for c in range(C):
             for j in range(count[t]):
@@ -293,6 +366,13 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
                 a = A[n, c, i]
                 if with_bound:
                     ea = eA[n, c, i]
+                    if lanes and not _dot_step_lanes_bound(a, ea, W[c, k], eW[c, k], s, e, tmp,
+                                                           tmpe, started, p, emin, max_finite,
+                                                           saturates, d0, e0, maxbits):
+                        s[:] = tmp
+                        e[:] = tmpe
+                        started = True
+                        continue
                     for co in range(Co):
                         tt, et = _product(a, ea, W[c, k, co], eW[c, k, co], True, p, emin,
                                           max_finite, rounding, overflow, simple, nearest,
@@ -341,6 +421,7 @@ def weight_grad(X, eX, D, eD, first, second, count, with_bound,
         s = np.zeros(Co)
         e = np.zeros(Co)
         tmp = np.zeros(Co)
+        tmpe = np.zeros(Co)
         started = False
         for n in range(N):
             for j in range(count[k]):
@@ -349,6 +430,13 @@ def weight_grad(X, eX, D, eD, first, second, count, with_bound,
                 x = X[n, ci, i]
                 if with_bound:
                     ex = eX[n, ci, i]
+                    if lanes and not _dot_step_lanes_bound(x, ex, D[n, o], eD[n, o], s, e, tmp,
+                                                           tmpe, started, p, emin, max_finite,
+                                                           saturates, d0, e0, maxbits):
+                        s[:] = tmp
+                        e[:] = tmpe
+                        started = True
+                        continue
                     for co in range(Co):
                         tt, et = _product(x, ex, D[n, o, co], eD[n, o, co], True, p, emin,
                                           max_finite, rounding, overflow, simple, nearest,

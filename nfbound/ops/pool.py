@@ -43,6 +43,7 @@ from ..bounds.upward import add_up, div_up
 from ..formats import Format, fast
 from . import checks
 from .accumulate import accumulate, check_order, rounded_add
+from .conv_kernels import add_step
 from .elementwise import _abs, _zero
 from .interval import Interval
 from .primitive import Primitive, register
@@ -191,17 +192,17 @@ def _seq_partials(t, p, emin, mx, rnd, ovf, simple):
     return P
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True)
 def _seq_replay(e, r):
-    """``b_0 = e_0``, ``b_k = up(up(b_{k−1} + e_k) + r_k)``: ``add_up(ε_a, ε_b, r)`` of
-    ``accumulate.rounded_add``, step by step (``up`` = one binary64 step toward +inf)."""
+    """``b_0 = e_0``, ``b_k = (b_{k−1} ⊕ e_k) ⊕ r_k``: ``add_up(ε_a, ε_b, r)`` of
+    ``accumulate.rounded_add``, step by step (``⊕`` = :func:`conv_kernels.add_step`: one
+    binary64 step toward +inf, none when an operand is an exact 0)."""
     R, n = e.shape
     out = np.empty(R)
     for i in range(R):
         b = e[i, 0]
         for k in range(1, n):
-            b = np.nextafter(b + e[i, k], np.inf)
-            b = np.nextafter(b + r[i, k], np.inf)
+            b = add_step(add_step(b, e[i, k]), r[i, k])
         out[i] = b
     return out
 
