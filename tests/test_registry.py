@@ -67,3 +67,48 @@ def test_every_primitive_has_a_sample_that_is_in_the_format():
             a = np.asarray(x)
             if a.dtype.kind == "f":
                 assert fmt.is_representable(a).all(), f"{name}.sample gave values outside bfloat16"
+
+
+def _same(a, b) -> bool:
+    """Bit-for-bit equality of two rule results (arrays, tuples of arrays, ``None``)."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    x, y = np.asarray(a), np.asarray(b)
+    if x.dtype == object or y.dtype == object:
+        return x.shape == y.shape and all(u == v or (u != u and v != v)
+                                          for u, v in zip(x.reshape(-1), y.reshape(-1)))
+    return x.shape == y.shape and np.array_equal(x, y, equal_nan=True) \
+        and np.array_equal(np.signbit(x), np.signbit(y))
+
+
+FUSED = sorted(n for n, P in ops.REGISTRY.items() if P.fused is not None or P.vjp_fused is not None)
+
+
+@pytest.mark.parametrize("fmt_name", FORMATS + ["decimal32"])
+@pytest.mark.parametrize("op_name", FUSED)
+def test_fused_rules_equal_separate_rules(op_name, fmt_name):
+    """``fused`` = ``(runtime, bound)`` and ``vjp_fused`` = ``(vjp_runtime, vjp_bound)``, bit for
+    bit (values, signs of zeros, bounds), with nonzero input and gradient errors."""
+    fmt = formats.get(fmt_name)
+    P = ops.get(op_name)
+    rng = np.random.default_rng(abs(hash((op_name, fmt_name, "fused"))) % 2**32)
+    for _ in range(4):
+        xs, params = P.sample(rng, fmt)
+        eps = tuple(np.zeros(np.shape(x)) if np.asarray(x).dtype.kind in "iu"
+                    else np.abs(np.asarray(x, dtype=np.float64)) * 2.0 ** -9 for x in xs)
+        out = P.runtime(fmt, *xs, **params)
+        if P.fused is not None:
+            assert _same(P.fused(fmt, xs, eps, **params),
+                         (out, P.bound(fmt, xs, eps, **params))), f"{op_name} fused ≠ separate"
+        g = fmt.round(rng.standard_normal(np.shape(out)))
+        eg = np.abs(np.asarray(g, dtype=np.float64)) * 2.0 ** -9
+        if P.vjp_fused is not None:
+            assert _same(P.vjp_fused(fmt, xs, eps, g, eg, **params),
+                         (P.vjp_runtime(fmt, xs, g, **params),
+                          P.vjp_bound(fmt, xs, eps, g, eg, **params))), f"{op_name} vjp_fused ≠ separate"
+
+
+def test_some_primitives_have_fused_rules():
+    assert {"conv", "conv_transpose", "linear", "matmul", "cross_entropy"} <= set(FUSED)

@@ -16,9 +16,7 @@ rounded upward; a label input is passed through unchanged (``ε = 0``, not diffe
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -53,16 +51,8 @@ class Node:
 
 
 def load_ops():
-    """Import every module of ``nfbound.ops`` (each registers its primitives) and return the
-    ``nfbound.ops`` package. Modules being written concurrently that fail to import are
-    skipped; an op they would have defined is then reported as unknown."""
+    """The ``nfbound.ops`` package, imported (importing it registers every primitive)."""
     import nfbound.ops as ops
-    for mod in pkgutil.iter_modules(ops.__path__):
-        name = f"nfbound.ops.{mod.name}"
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            continue
     return ops
 
 
@@ -296,14 +286,15 @@ class Graph:
         P = primitive(node.op)
         params = op_params(P, node, order)
         xs = tuple(rt[i] for i in node.inputs)
-        out = P.runtime(fmt, *xs, **params)
-        s = P.spec(*(sp[i] for i in node.inputs), **params) if sp is not None else None
         e = None
-        if ep is not None:
-            e = np.asarray(P.bound(fmt, xs, tuple(ep[i] for i in node.inputs), **params),
-                           dtype=np.float64)
-            if e.shape != np.shape(out):
-                raise ValueError(f"bound rule returned shape {e.shape}, runtime {np.shape(out)}")
+        if ep is None:
+            out = P.runtime(fmt, *xs, **params)
+        else:   # the runtime's own checks (shapes, NaN) run first, in either rule
+            out, e = P.runtime_and_bound(fmt, xs, tuple(ep[i] for i in node.inputs), **params)
+            e = np.asarray(e, dtype=np.float64)
+        s = P.spec(*(sp[i] for i in node.inputs), **params) if sp is not None else None
+        if e is not None and e.shape != np.shape(out):
+            raise ValueError(f"bound rule returned shape {e.shape}, runtime {np.shape(out)}")
         if s is not None and s.shape != np.shape(out):
             raise ValueError(f"spec rule returned shape {s.shape}, runtime {np.shape(out)}")
         return Value(out, s, e)

@@ -113,11 +113,13 @@ def _vjp(fmt: Format, node, result: ForwardResult, g: Value, spec: bool, bounds:
     P = primitive(node.op)
     params = op_params(P, node, result.order)
     xs = tuple(result.runtime[i] for i in node.inputs)
-    g_rt = P.vjp_runtime(fmt, xs, g.runtime, **params)
+    if bounds:
+        g_rt, g_ep = P.vjp_runtime_and_bound(fmt, xs, tuple(result.eps[i] for i in node.inputs),
+                                             g.runtime, g.eps, **params)
+    else:
+        g_rt, g_ep = P.vjp_runtime(fmt, xs, g.runtime, **params), (None,) * len(xs)
     g_sp = P.vjp_spec(tuple(result.spec[i] for i in node.inputs), g.spec, **params) if spec \
         else (None,) * len(xs)
-    g_ep = P.vjp_bound(fmt, xs, tuple(result.eps[i] for i in node.inputs), g.runtime, g.eps,
-                       **params) if bounds else (None,) * len(xs)
     if not (len(g_rt) == len(g_sp) == len(g_ep) == len(xs)):
         raise ValueError(f"VJP rules returned {len(g_rt)}/{len(g_sp)}/{len(g_ep)} gradients for "
                          f"{len(xs)} inputs")

@@ -782,8 +782,7 @@ def conv_runtime(fmt: Format, input, weight, bias=None, *, stride=1, padding=0,
 
 def conv_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
     """Replay bound of the conv forward (see :func:`conv_forward`)."""
-    x, w, b = _split_xs(xs, "conv")
-    return conv_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding, order=order)[1]
+    return conv_fused(fmt, xs, eps, stride=stride, padding=padding, order=order)[1]
 
 
 def conv_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0, order: str = "sequential"):
@@ -792,7 +791,7 @@ def conv_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0, order: str = "s
 
 def conv_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
                    order: str = "sequential"):
-    return conv_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding, order=order)[1]
+    return conv_vjp_fused(fmt, xs, eps, g, eps_g, stride=stride, padding=padding, order=order)[1]
 
 
 def conv_transpose_runtime(fmt: Format, input, weight, bias=None, *, stride=1, padding=0,
@@ -803,9 +802,7 @@ def conv_transpose_runtime(fmt: Format, input, weight, bias=None, *, stride=1, p
 
 
 def conv_transpose_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
-    x, w, b = _split_xs(xs, "conv_transpose")
-    return conv_transpose_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding,
-                                  order=order)[1]
+    return conv_transpose_fused(fmt, xs, eps, stride=stride, padding=padding, order=order)[1]
 
 
 def conv_transpose_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0,
@@ -815,8 +812,8 @@ def conv_transpose_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0,
 
 def conv_transpose_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
                              order: str = "sequential"):
-    return conv_transpose_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding,
-                                   order=order)[1]
+    return conv_transpose_vjp_fused(fmt, xs, eps, g, eps_g, stride=stride, padding=padding,
+                                    order=order)[1]
 
 
 def _sample_shapes(rng, transpose: bool):
@@ -841,9 +838,36 @@ def _sample(transpose: bool):
     return sample
 
 
+def conv_fused(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
+    """``(conv_runtime, conv_bound)`` in one pass of the kernel."""
+    x, w, b = _split_xs(xs, "conv")
+    return conv_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding, order=order)
+
+
+def conv_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
+                   order: str = "sequential"):
+    """``(conv_vjp_runtime, conv_vjp_bound)`` in one pass."""
+    return conv_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding, order=order)
+
+
+def conv_transpose_fused(fmt: Format, xs, eps, *, stride=1, padding=0,
+                         order: str = "sequential"):
+    x, w, b = _split_xs(xs, "conv_transpose")
+    return conv_transpose_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding,
+                                  order=order)
+
+
+def conv_transpose_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
+                             order: str = "sequential"):
+    return conv_transpose_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding,
+                                   order=order)
+
+
 conv = register(Primitive("conv", conv_runtime, conv_spec, conv_bound, conv_vjp_runtime,
-                          conv_vjp_spec, conv_vjp_bound, _sample(False)))
+                          conv_vjp_spec, conv_vjp_bound, _sample(False),
+                          fused=conv_fused, vjp_fused=conv_vjp_fused))
 
 conv_transpose = register(Primitive(
     "conv_transpose", conv_transpose_runtime, conv_transpose_spec, conv_transpose_bound,
-    conv_transpose_vjp_runtime, conv_transpose_vjp_spec, conv_transpose_vjp_bound, _sample(True)))
+    conv_transpose_vjp_runtime, conv_transpose_vjp_spec, conv_transpose_vjp_bound, _sample(True),
+    fused=conv_transpose_fused, vjp_fused=conv_transpose_vjp_fused))

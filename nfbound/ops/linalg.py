@@ -472,8 +472,7 @@ def matmul_spec(A: Interval, B: Interval, *, order: str = "sequential",
 def matmul_bound(fmt: Format, xs, eps, *, order: str = "sequential", order_free: bool = False):
     """Replay bound per output entry (term: ``mul_error``; sum: ``e_k = e_{k−1} + ε_k + r_k``),
     or :func:`order_free_dot_bound` with ``order_free``."""
-    (A, B), (eA, eB) = xs, eps
-    return matmul_error(fmt, A, eA, B, eB, order, order_free)[1]
+    return matmul_fused(fmt, xs, eps, order=order, order_free=order_free)[1]
 
 
 def _matmul_vjp(fmt: Format, A, eA, B, eB, g, eg, order: str, order_free: bool,
@@ -522,8 +521,7 @@ def matmul_vjp_spec(xs, g: Interval, *, order: str = "sequential", order_free: b
 
 def matmul_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential",
                      order_free: bool = False):
-    (A, B), (eA, eB) = xs, eps
-    return _matmul_vjp(fmt, A, eA, B, eB, g, eps_g, order, order_free, True)[1]
+    return matmul_vjp_fused(fmt, xs, eps, g, eps_g, order=order, order_free=order_free)[1]
 
 
 def _sample_matmul(rng, fmt: Format):
@@ -547,9 +545,22 @@ def _sample_order(rng) -> str:
     return str(rng.choice(["sequential", "reversed", "pairwise", "blocked:2"]))
 
 
+def matmul_fused(fmt: Format, xs, eps, *, order: str = "sequential", order_free: bool = False):
+    """``(matmul_runtime, matmul_bound)`` in one pass."""
+    (A, B), (eA, eB) = xs, eps
+    return matmul_error(fmt, A, eA, B, eB, order, order_free)
+
+
+def matmul_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential",
+                     order_free: bool = False):
+    """``(matmul_vjp_runtime, matmul_vjp_bound)`` in one pass."""
+    (A, B), (eA, eB) = xs, eps
+    return _matmul_vjp(fmt, A, eA, B, eB, g, eps_g, order, order_free, True)
+
+
 matmul = register(Primitive("matmul", matmul_runtime, matmul_spec, matmul_bound,
                             matmul_vjp_runtime, matmul_vjp_spec, matmul_vjp_bound,
-                            _sample_matmul))
+                            _sample_matmul, fused=matmul_fused, vjp_fused=matmul_vjp_fused))
 
 
 # =============================================================================================
@@ -741,12 +752,7 @@ def linear_spec(input: Interval, weight: Interval, bias: Interval | None = None,
 
 def linear_bound(fmt: Format, xs, eps, *, order="sequential", order_free=False):
     """Replay (or order-free) bound of the sum, then ``+ ε_b + r`` for the bias."""
-    if len(xs) not in (2, 3) or len(eps) != len(xs):
-        raise ValueError("linear takes (input, weight) or (input, weight, bias) with one bound each")
-    x, W = xs[0], xs[1]
-    b = xs[2] if len(xs) == 3 else None
-    eb = eps[2] if len(xs) == 3 else None
-    return linear_error(fmt, x, eps[0], W, eps[1], b, eb, order, order_free)[1]
+    return linear_fused(fmt, xs, eps, order=order, order_free=order_free)[1]
 
 
 def _linear_vjp(fmt: Format, xs, eps, g, eg, order: str, order_free: bool, need_bound: bool):
@@ -809,9 +815,7 @@ def linear_vjp_spec(xs, g: Interval, *, order="sequential", order_free=False):
 
 def linear_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order="sequential", order_free=False):
     """Replay (or order-free) bounds of the three reductions."""
-    if len(eps) != len(xs):
-        raise ValueError("linear: one input bound per input")
-    return _linear_vjp(fmt, xs, eps, g, eps_g, order, order_free, True)[1]
+    return linear_vjp_fused(fmt, xs, eps, g, eps_g, order=order, order_free=order_free)[1]
 
 
 def _sample_linear(rng, fmt: Format):
@@ -823,6 +827,21 @@ def _sample_linear(rng, fmt: Format):
     return xs, {"order": _sample_order(rng), "order_free": bool(rng.random() < 0.25)}
 
 
+def linear_fused(fmt: Format, xs, eps, *, order="sequential", order_free=False):
+    """``(linear_runtime, linear_bound)`` in one pass."""
+    if len(xs) not in (2, 3) or len(eps) != len(xs):
+        raise ValueError("linear takes (input, weight) or (input, weight, bias) with one bound each")
+    b, eb = (xs[2], eps[2]) if len(xs) == 3 else (None, None)
+    return linear_error(fmt, xs[0], eps[0], xs[1], eps[1], b, eb, order, order_free)
+
+
+def linear_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order="sequential", order_free=False):
+    """``(linear_vjp_runtime, linear_vjp_bound)`` in one pass."""
+    if len(eps) != len(xs):
+        raise ValueError("linear: one input bound per input")
+    return _linear_vjp(fmt, xs, eps, g, eps_g, order, order_free, True)
+
+
 linear = register(Primitive("linear", linear_runtime, linear_spec, linear_bound,
                             linear_vjp_runtime, linear_vjp_spec, linear_vjp_bound,
-                            _sample_linear))
+                            _sample_linear, fused=linear_fused, vjp_fused=linear_vjp_fused))

@@ -340,6 +340,11 @@ def _ce_rows_bound(fmt: Format, x, ex, t, order: str):
 def cross_entropy_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
     """Per-row bounds (``min(A, B)`` of :func:`_ce_rows_bound`), the replay of the rounded sum
     over rows, and the exact-divisor division by ``N``."""
+    return cross_entropy_fused(fmt, xs, eps, order=order)[1]
+
+
+def cross_entropy_fused(fmt: Format, xs, eps, *, order: str = "sequential"):
+    """``(cross_entropy_runtime, cross_entropy_bound)`` in one pass."""
     (x, t), (ex, et) = xs, eps
     x, t = _check_ce(x, t)
     check_order(order)
@@ -347,7 +352,8 @@ def cross_entropy_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
     ex = np.asarray(checks.eps_like("eps[0]", ex, x), dtype=np.float64)
     rows, er = _ce_rows_bound(fmt, x, ex, t, order)
     total, es = sequential_sum(fmt, rows, er, order=order)
-    return np.asarray(divide_by_count_error(fmt, total, es, x.shape[0])[1], dtype=np.float64)
+    L, eL = divide_by_count_error(fmt, total, es, x.shape[0])
+    return L, np.asarray(eL, dtype=np.float64)
 
 
 def cross_entropy_vjp_runtime(fmt: Format, xs, g, *, order: str = "sequential"):
@@ -386,6 +392,11 @@ def cross_entropy_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
     """``ε_y`` from the softmax bound (``softmax.softmax_last_error``); ``v̂ = RN(ŷ − 1[c=t])``:
     ``ε_y + r`` with ``r = 0`` off the target (subtracting 0) and where ``ŷ ≥ 1/2`` (Sterbenz:
     ``ŷ − 1`` is exact for ``1/2 ≤ ŷ ≤ 1``); ``k̂ = RN(ĝ/N)``: ``ε_g/N + r``; the product rule."""
+    return cross_entropy_vjp_fused(fmt, xs, eps, g, eps_g, order=order)[1]
+
+
+def cross_entropy_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential"):
+    """``(cross_entropy_vjp_runtime, cross_entropy_vjp_bound)`` in one pass."""
     (x, t), (ex, et) = xs, eps
     x, t = _check_ce(x, t)
     check_order(order)
@@ -401,7 +412,7 @@ def cross_entropy_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
     ev = add_up(ey, rounding_term(fmt, v, off | half | _zero(y)))
     k, ek = divide_by_count_error(fmt, np.asarray(g), eg, x.shape[0])
     out, eo = mul_error(fmt, v, ev, np.broadcast_to(k, v.shape), np.broadcast_to(ek, v.shape))
-    return np.where(_finite(out), eo, np.inf), None
+    return (out, None), (np.where(_finite(out), eo, np.inf), None)
 
 
 def _at_least_half(y) -> np.ndarray:
@@ -421,4 +432,6 @@ def _sample_ce(rng, fmt: Format):
 
 cross_entropy = register(Primitive("cross_entropy", cross_entropy_runtime, cross_entropy_spec,
                                    cross_entropy_bound, cross_entropy_vjp_runtime,
-                                   cross_entropy_vjp_spec, cross_entropy_vjp_bound, _sample_ce))
+                                   cross_entropy_vjp_spec, cross_entropy_vjp_bound, _sample_ce,
+                                   fused=cross_entropy_fused,
+                                   vjp_fused=cross_entropy_vjp_fused))
