@@ -330,6 +330,34 @@ def _accumulate(started, s, e, t, et, with_bound, p, emin, max_finite, rounding,
     return s2, e
 
 
+@_inline
+def _term_step(a, ea, ws, ews, s, e, tmp, tmpe, started, with_bound, lanes, p, emin,
+               max_finite, rounding, overflow, simple, nearest, saturates, d0, e0, maxbits):
+    """One term of every lane's sum, in place: ``s[co] ← RN(s[co] + RN(a·ws[co]))`` (just the
+    product while not ``started``) and, with ``with_bound``, ``e[co]`` by :func:`_product` and
+    :func:`_accumulate`. The vectorised lanes (:func:`_dot_step_lanes`,
+    :func:`_dot_step_lanes_bound`, results in ``tmp``/``tmpe``) are used when ``lanes`` and
+    kept unless some lane needs the scalar code, which then redoes the step."""
+    if with_bound:
+        if lanes and not _dot_step_lanes_bound(a, ea, ws, ews, s, e, tmp, tmpe, started, p, emin,
+                                               max_finite, saturates, d0, e0, maxbits):
+            s[:] = tmp
+            e[:] = tmpe
+            return
+        for co in range(s.size):
+            tt, et = _product(a, ea, ws[co], ews[co], True, p, emin, max_finite, rounding,
+                              overflow, simple, nearest, saturates)
+            s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin, max_finite,
+                                       rounding, overflow, simple, nearest, saturates)
+    elif lanes and not _dot_step_lanes(a, ws, s, tmp, started, d0, e0, maxbits):
+        s[:] = tmp
+    else:
+        for co in range(s.size):
+            tt = mul(a, ws[co], p, emin, max_finite, rounding, overflow, simple)
+            s[co] = add(s[co], tt, p, emin, max_finite, rounding, overflow,
+                        simple) if started else tt
+
+
 @_kernel
 def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_bound,
                   p, emin, max_finite, rounding, overflow, simple, nearest, saturates):
@@ -363,30 +391,10 @@ def gather_reduce(A, eA, W, eW, bias, eb, first, second, count, has_bias, with_b
             for j in range(count[t]):
                 i = first[t, j]
                 k = second[t, j]
-                a = A[n, c, i]
-                if with_bound:
-                    ea = eA[n, c, i]
-                    if lanes and not _dot_step_lanes_bound(a, ea, W[c, k], eW[c, k], s, e, tmp,
-                                                           tmpe, started, p, emin, max_finite,
-                                                           saturates, d0, e0, maxbits):
-                        s[:] = tmp
-                        e[:] = tmpe
-                        started = True
-                        continue
-                    for co in range(Co):
-                        tt, et = _product(a, ea, W[c, k, co], eW[c, k, co], True, p, emin,
-                                          max_finite, rounding, overflow, simple, nearest,
-                                          saturates)
-                        s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
-                                                   max_finite, rounding, overflow, simple,
-                                                   nearest, saturates)
-                elif lanes and not _dot_step_lanes(a, W[c, k], s, tmp, started, d0, e0, maxbits):
-                    s[:] = tmp
-                else:
-                    for co in range(Co):
-                        tt = mul(a, W[c, k, co], p, emin, max_finite, rounding, overflow, simple)
-                        s[co] = add(s[co], tt, p, emin, max_finite, rounding, overflow,
-                                    simple) if started else tt
+                _term_step(A[n, c, i], eA[n, c, i] if with_bound else 0.0, W[c, k],
+                           eW[c, k] if with_bound else W[c, k], s, e, tmp, tmpe, started,
+                           with_bound, lanes, p, emin, max_finite, rounding, overflow, simple,
+                           nearest, saturates, d0, e0, maxbits)
                 started = True
         for co in range(Co):
             if has_bias:
@@ -427,30 +435,10 @@ def weight_grad(X, eX, D, eD, first, second, count, with_bound,
             for j in range(count[k]):
                 i = first[k, j]
                 o = second[k, j]
-                x = X[n, ci, i]
-                if with_bound:
-                    ex = eX[n, ci, i]
-                    if lanes and not _dot_step_lanes_bound(x, ex, D[n, o], eD[n, o], s, e, tmp,
-                                                           tmpe, started, p, emin, max_finite,
-                                                           saturates, d0, e0, maxbits):
-                        s[:] = tmp
-                        e[:] = tmpe
-                        started = True
-                        continue
-                    for co in range(Co):
-                        tt, et = _product(x, ex, D[n, o, co], eD[n, o, co], True, p, emin,
-                                          max_finite, rounding, overflow, simple, nearest,
-                                          saturates)
-                        s[co], e[co] = _accumulate(started, s[co], e[co], tt, et, True, p, emin,
-                                                   max_finite, rounding, overflow, simple,
-                                                   nearest, saturates)
-                elif lanes and not _dot_step_lanes(x, D[n, o], s, tmp, started, d0, e0, maxbits):
-                    s[:] = tmp
-                else:
-                    for co in range(Co):
-                        tt = mul(x, D[n, o, co], p, emin, max_finite, rounding, overflow, simple)
-                        s[co] = add(s[co], tt, p, emin, max_finite, rounding, overflow,
-                                    simple) if started else tt
+                _term_step(X[n, ci, i], eX[n, ci, i] if with_bound else 0.0, D[n, o],
+                           eD[n, o] if with_bound else D[n, o], s, e, tmp, tmpe, started,
+                           with_bound, lanes, p, emin, max_finite, rounding, overflow, simple,
+                           nearest, saturates, d0, e0, maxbits)
                 started = True
         for co in range(Co):
             out[co, ci, k] = s[co]
