@@ -9,8 +9,9 @@ Subcommands (``nfbound SUBCOMMAND --help`` for details):
 * ``verify --op OP --format NAME``: one random instance of one op (or a VJP, ``OP_grad_ARG``):
   runtime, spec, bound and the exact enclosure verdict; ``--save`` writes it to an npz.
 
-Exit codes: 0 every enclosure held, 1 an enclosure failed, 2 usage or input error (one line on
-stderr).
+Exit codes: 0 every enclosure held, 1 an enclosure failed, 2 usage or input error — or any
+other failure, reported as ``internal error`` — in one line on stderr, never a traceback
+(130 on Ctrl-C).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Seed of the random input ``bound`` derives for a model given without ``--input``.
+DERIVED_INPUT_SEED = 0
 
 
 class UsageError(Exception):
@@ -241,11 +244,14 @@ def cmd_verify(args) -> int:
     from .ops.interval import Interval
     fmt = _fmt(args.format)
     reg, argnames, defaults, shapes, grad = _parse_op(args.op)
-    from .graph.forward import op_params, primitive
+    from .graph.forward import primitive
     P = primitive(reg)
     xs, params = _instance(args, fmt, P, argnames, defaults, shapes)
-    if "order" in inspect.signature(P.runtime).parameters and args.order is not None:
-        params["order"] = args.order
+    if args.order is not None:
+        if "order" not in inspect.signature(P.runtime).parameters:
+            raise UsageError(f"verify: --order does not apply to {args.op} ({reg} has no "
+                             f"reduction order)")
+        params["order"] = args.order      # validated by the op's rules (ValueError: exit 2)
     zeros = tuple(np.zeros(np.shape(x)) for x in xs)
     t0 = time.perf_counter()
     y = P.runtime(fmt, *xs, **params)
@@ -305,8 +311,12 @@ def cmd_verify(args) -> int:
         except OSError as e:
             raise UsageError(f"verify: cannot write {args.save}: {e}") from None
         info["saved"] = str(args.save)
+    verdict = (("verdict: enclosure held" if held else "verdict: ENCLOSURE FAILED")
+               + f" for all {int(np.size(runtime))} values (exact rational test)")
     if args.json:
         print(json.dumps(_jsonable(info), indent=2))
+    elif args.quiet:
+        print(verdict)
     else:
         print(f"op {args.op} ({reg}) in {fmt}, seed {args.seed}")
         print("inputs: " + ", ".join(f"{n} {tuple(np.shape(x))}" for n, x in zip(argnames, xs))
@@ -319,8 +329,7 @@ def cmd_verify(args) -> int:
               f"ratio {_num(ratio)}")
         if args.save:
             print(f"saved {args.save}")
-        print(("verdict: enclosure held" if held else "verdict: ENCLOSURE FAILED")
-              + f" for all {int(np.size(runtime))} values (exact rational test)")
+        print(verdict)
     return EXIT_OK if held else EXIT_FAILED
 
 
@@ -336,19 +345,35 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 
 def _model(args):
-    """``(program, x, labels, description)``."""
+    """``(program, x, labels, description)``.
+
+    Without ``--model``: the demo CNN (and its 8 digits unless ``--input``). With ``--model``
+    but no ``--input``: an ONNX model declaring a static input shape (a symbolic batch dimension
+    counts as 1) gets a standard-normal input of that shape drawn with seed
+    :data:`DERIVED_INPUT_SEED`; a PyTorch module declares no input shape, so it is a usage error.
+    """
     from .models import demo_input, demo_labels, demo_program, load_model
     x = _load_npy(args.input, "input") if args.input else None
     labels = _load_npy(args.labels, "labels") if args.labels else None
+    if x is not None and x.dtype.kind not in "fiu":
+        raise ValueError(f"--input {args.input}: expected a numeric array, got dtype {x.dtype}")
     if args.model is None:
         if x is None:
             x, labels = demo_input(), demo_labels() if labels is None else labels
         return demo_program(), x, labels, "built-in demo CNN (digits)"
+    desc = str(args.model)
     if x is None:
-        raise UsageError("bound: --model needs --input FILE.npy (an example input with its batch dimension)")
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"--input {args.input}: expected a numeric array, got dtype {x.dtype}")
-    return load_model(args.model, x), x.astype(np.float64), labels, str(args.model)
+        if Path(args.model).suffix.lower() != ".onnx":
+            raise UsageError(f"bound: --model {args.model} needs --input FILE.npy (an example input "
+                             f"with its batch dimension: a PyTorch module does not declare its "
+                             f"input shape; ONNX files do)")
+        program = load_model(args.model)
+        if program.input_shape is None:
+            raise UsageError(f"bound: {args.model} does not declare a static input shape: give "
+                             f"--input FILE.npy")
+        x = np.random.default_rng(DERIVED_INPUT_SEED).standard_normal(program.input_shape)
+        return program, x, labels, f"{desc} (random N(0,1) input, seed {DERIVED_INPUT_SEED})"
+    return load_model(args.model, x), x.astype(np.float64), labels, desc
 
 
 def _verdict(rows: list[dict]) -> tuple[bool, str]:
@@ -385,7 +410,6 @@ def cmd_bound(args) -> int:
         back_rows = back.report()
     t2 = time.perf_counter()
     ok, msg = _verdict(rows + (back_rows or []))
-    out = runtime_out = None
     out_node = program.output
     runtime_out = np.asarray(res.runtime[out_node])
     agree = None
@@ -423,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bound", help="per-node certified bounds of a model (default: the demo CNN)")
     b.add_argument("--model", help="a .pt/.pth file (whole module saved with torch.save(model, path); "
                                    "TorchScript is not supported) or an .onnx file")
-    b.add_argument("--input", help=".npy example input with its batch dimension (default: demo digits)")
+    b.add_argument("--input", help=".npy example input with its batch dimension (default: the demo "
+                                   "digits; for an .onnx model, random N(0,1) data of its declared "
+                                   "input shape, batch 1; required for .pt models)")
     b.add_argument("--labels", help=".npy integer class labels for --gradients (default: demo labels)")
     b.add_argument("--format", default="bfloat16", help="preset name or spec string (default bfloat16)")
     b.add_argument("--order", default="sequential",
@@ -445,15 +471,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--shape", nargs="+", help="one shape per input, e.g. 2x3x8x8 4x3x3x3 4")
     v.add_argument("--stride", type=int, help="stride (conv ops)")
     v.add_argument("--padding", type=int, help="padding (conv ops)")
-    v.add_argument("--order", default=None, help="reduction order (ops that reduce)")
+    v.add_argument("--order", default=None, help="reduction order (only ops that reduce: "
+                                                 "sequential, reversed, pairwise, blocked:B)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--save", help="write inputs, runtime, bound, spec to this .npz")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--quiet", action="store_true", help="verdict line only")
     v.set_defaults(func=cmd_verify)
     return ap
 
 
+def _error(msg: str) -> int:
+    print("nfbound: error: " + " ".join(str(msg).split()), file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv=None) -> int:
+    """Run the command line; returns the exit code (module docstring). Every exception ends as
+    one line on stderr: usage and input errors as themselves, a missing optional dependency
+    with the install hint, anything else as ``internal error`` — exit 2 in all cases, so that
+    exit 1 always means an enclosure failed."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -462,9 +499,15 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         return args.func(args)
     except (UsageError, ValueError, FileNotFoundError, OSError) as e:
-        msg = " ".join(str(e).split())
-        print(f"nfbound: error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(e)
+    except ImportError as e:
+        from .models import INSTALL_HINT
+        return _error(e if INSTALL_HINT in str(e) else f"{e} (optional dependencies: {INSTALL_HINT})")
+    except KeyboardInterrupt:
+        print("nfbound: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: still one line and not exit 1 (which means "enclosure failed")
+        return _error(f"internal error: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,16 @@ def run(*args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_in_process(capsys, *args):
+    """``cli.main`` in this process (same code path as the console script, without the
+    interpreter start-up): a ``CompletedProcess`` with the exit code and captured output."""
+    from nfbound import cli
+    capsys.readouterr()
+    rc = cli.main(list(map(str, args)))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
 def one_line_error(p, *words):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
@@ -36,6 +46,7 @@ def default_bound():
 def test_bound_default_table(default_bound):
     p = default_bound
     assert p.returncode == 0, p.stderr
+    assert p.stderr == ""          # off a terminal: no progress bar, no warnings
     lines = p.stdout.splitlines()
     head = next(i for i, l in enumerate(lines) if l.startswith("node"))
     rows = []
@@ -65,6 +76,91 @@ def test_bound_json_and_gradients():
     assert {"0.weight", "0.bias", "4.weight", "4.bias"} <= grads
 
 
+def test_bound_json_plain(default_bound):
+    p = run("bound", "--json")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    out = json.loads(p.stdout)
+    assert out["holds"] is True and out["loss"] is None and out["backward"] is None
+    assert out["input_shape"] == [8, 1, 8, 8] and out["argmax_agree"] >= 7
+    assert [r["node"] for r in out["forward"]] == ["x", "0.weight", "0.bias", "4.weight", "4.bias",
+                                                   "0", "1", "2", "3", "4"]
+    assert all(r["holds"] is True and r["max_observed"] <= r["max_bound"] for r in out["forward"])
+    # the JSON rows are the table's rows
+    table = [l.split()[0] for l in default_bound.stdout.splitlines()[2:12]]
+    assert table == [r["node"] for r in out["forward"]]
+
+
+def _pty_run(*args):
+    """Run the CLI with stderr on a pseudo-terminal (100 columns); returns (process, bytes the
+    terminal received)."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import os
+    import struct
+    import termios
+    import threading
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:          # EIO once the last writer closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        p = subprocess.run([sys.executable, "-m", "nfbound.cli", *map(str, args)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=slave, text=True, timeout=600)
+    finally:
+        os.close(slave)
+        t.join(10)
+        os.close(master)
+    return p, b"".join(chunks)
+
+
+def test_progress_bar_only_on_a_terminal(default_bound):
+    """On a terminal the progress bar shows (so the silence off a terminal is a real check);
+    --quiet turns it off there too; with stderr piped (default_bound) there is none."""
+    p, tty = _pty_run("bound", "--gradients")
+    assert p.returncode == 0
+    assert b"forward bfloat16" in tty and b"backward bfloat16" in tty and b"it/s" in tty
+    p, tty = _pty_run("bound", "--gradients", "--quiet")
+    assert p.returncode == 0 and b"forward" not in tty
+    assert default_bound.stderr == ""
+
+
+def test_enclosure_failure_exits_1(monkeypatch, capsys):
+    """A broken bound rule (relu's bound forced to 0) is caught by the exact check: exit 1,
+    the failing node named — for ``bound`` and for ``verify``."""
+    import dataclasses
+
+    from nfbound import cli
+    from nfbound.graph import load_ops
+    ops = load_ops()
+    P = ops.REGISTRY["relu"]
+    monkeypatch.setitem(ops.REGISTRY, "relu", dataclasses.replace(
+        P, fused=None, bound=lambda fmt, xs, eps: np.zeros(np.shape(xs[0]))))
+    assert cli.main(["bound", "--quiet"]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("verdict: ENCLOSURE FAILED at")
+    assert "1" in out.split(": ")[-1].split(", ")          # the relu node of the demo
+    # verify: relu with exact inputs is exact, so break its bound the other way: negative
+    monkeypatch.setitem(ops.REGISTRY, "relu", dataclasses.replace(
+        P, fused=None, bound=lambda fmt, xs, eps: -np.ones(np.shape(xs[0]))))
+    assert cli.main(["verify", "--op", "relu", "--format", "bfloat16", "--quiet"]) == 1
+    assert capsys.readouterr().out.startswith("verdict: ENCLOSURE FAILED")
+    # unpatched, the same commands exit 0
+    monkeypatch.setitem(ops.REGISTRY, "relu", P)
+    assert cli.main(["verify", "--op", "relu", "--format", "bfloat16", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("verdict: enclosure held")
+
+
 def test_bound_errors(tmp_path):
     one_line_error(run("bound", "--model", tmp_path / "missing.pt", "--input", tmp_path / "x.npy"),
                    "not found")
@@ -83,6 +179,112 @@ def test_bound_unsupported_layer(tmp_path):
                    "unsupported layer '1' (BatchNorm2d)")
 
 
+def _onnx_model(nodes, x_shape, y_shape, inits=(), path=None):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_bound_unsupported_onnx_node(tmp_path):
+    from onnx import helper
+    path = _onnx_model([helper.make_node("LeakyRelu", ["x"], ["y"], name="act1")], [1, 3], [1, 3],
+                       (), tmp_path / "leaky.onnx")
+    one_line_error(run("bound", "--model", path), "unsupported node 'act1' (LeakyRelu)")
+
+
+def test_bound_malformed_onnx_models(tmp_path, capsys):
+    """Malformed or unsupported ONNX graphs: exit 2, one line naming the node and op."""
+    from onnx import helper
+    w = ("W", np.ones((2, 1, 3, 3), np.float32))
+    # the two reported crashes (IndexError, KeyError → traceback, exit 1), as a user runs them
+    path = _onnx_model([], [1, 3], [1, 3], (), tmp_path / "empty.onnx")
+    one_line_error(run("bound", "--model", path), "model output 'y'", "no nodes")
+    path = _onnx_model([helper.make_node("Relu", ["W"], ["Wr"], name="r"),
+                        helper.make_node("Conv", ["x", "Wr"], ["y"], name="conv1")],
+                       [1, 1, 5, 5], [1, 2, 3, 3], (w,), tmp_path / "convnode.onnx")
+    one_line_error(run("bound", "--model", path), "'conv1' (Conv)", "weight 'Wr'", "initializer")
+    cases = [
+        ([helper.make_node("Conv", ["x"], ["y"], name="conv2")], [1, 1, 5, 5], [1, 2, 3, 3], (),
+         ["'conv2' (Conv)", "weight input is missing"]),
+        ([helper.make_node("MaxPool", ["x"], ["y"], name="pool")], [1, 1, 4, 4], [1, 1, 2, 2], (),
+         ["'pool' (MaxPool)", "kernel_shape"]),
+        ([helper.make_node("Softplus", ["x"], ["y"], name="sp", alpha=2.0)], [1, 3], [1, 3], (),
+         ["'sp' (Softplus)", "attributes ['alpha']"]),
+        ([helper.make_node("Relu", ["x"], ["y"], name="custom", domain="com.example")], [1, 3],
+         [1, 3], (), ["'custom' (Relu)", "domain"]),
+    ]
+    for k, (nodes, xs, ys, inits, words) in enumerate(cases):
+        path = _onnx_model(nodes, xs, ys, inits, tmp_path / f"m{k}.onnx")
+        one_line_error(run_in_process(capsys, "bound", "--model", path), *words)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    one_line_error(run_in_process(capsys, "bound", "--model", tmp_path / "junk.onnx"),
+                   "not a readable ONNX model")
+
+
+def test_bound_onnx_without_input_derives_one(tmp_path):
+    """An ONNX model declares its input shape: without --input a seeded N(0,1) input of that
+    shape (symbolic batch → 1) is used; a .pt module declares none: exit 2 saying so."""
+    from onnx import helper
+    nodes = [helper.make_node("Tanh", ["x"], ["y"], name="act")]
+    path = _onnx_model(nodes, ["batch", 3, 4], ["batch", 3, 4], (), tmp_path / "t.onnx")
+    p = run("bound", "--model", path, "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["input_shape"] == [1, 3, 4] and out["holds"] is True and "seed 0" in out["model"]
+    assert out["forward"][-1]["max_observed"] > 0       # random data, really rounded
+    assert json.loads(run("bound", "--model", path, "--json").stdout)["forward"] == out["forward"]
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Sequential(torch.nn.Tanh()), tmp_path / "t.pt")
+    one_line_error(run("bound", "--model", tmp_path / "t.pt"), "needs --input",
+                   "does not declare its input shape")
+
+
+def _run_without(module, *args):
+    """The CLI in a Python where ``import module`` fails (as if it were not installed)."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from nfbound.cli import main; "
+            f"sys.exit(main({list(map(str, args))!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_missing_optional_dependency_hint(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Sequential(torch.nn.ReLU()), tmp_path / "m.pt")
+    np.save(tmp_path / "x.npy", np.zeros((1, 3)))
+    one_line_error(_run_without("torch", "bound", "--model", tmp_path / "m.pt", "--input",
+                                tmp_path / "x.npy"), "'torch'", "pip install 'nfbound[models]'")
+    from onnx import helper
+    path = _onnx_model([helper.make_node("Relu", ["x"], ["y"])], [1, 3], [1, 3], (),
+                       tmp_path / "m.onnx")
+    one_line_error(_run_without("onnx", "bound", "--model", path), "'onnx'",
+                   "pip install 'nfbound[models]'")
+    # the demo needs neither
+    assert _run_without("torch", "bound", "--quiet").returncode == 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.script/save themselves
+def test_torchscript_file_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.ReLU())), tmp_path / "ts.pt")
+    np.save(tmp_path / "x.npy", np.zeros((1, 3)))
+    one_line_error(run("bound", "--model", tmp_path / "ts.pt", "--input", tmp_path / "x.npy"),
+                   "TorchScript archive")
+
+
+def test_internal_error_is_one_line_exit_2():
+    code = ("import sys, nfbound.cli as c\n"
+            "def boom(args): raise RuntimeError('boom')\n"
+            "c.cmd_formats = boom\n"
+            "sys.exit(c.main(['formats']))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    one_line_error(p, "internal error: RuntimeError: boom")
+
+
 # -- formats -----------------------------------------------------------------------------------------
 def test_formats():
     p = run("formats")
@@ -92,6 +294,19 @@ def test_formats():
     p = run("formats", "flt:p=7,emin=-20,emax=15")
     assert p.returncode == 0 and "u                    2^-7" in p.stdout
     one_line_error(run("formats", "flt:p=7,emin=-20,bogus=1"), "unknown key")
+
+
+def test_formats_json():
+    p = run("formats", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["name"]: r for r in json.loads(p.stdout)}
+    assert {"bfloat16", "binary16", "binary32", "float8_e4m3fn"} <= set(rows)
+    assert (rows["bfloat16"]["radix"], rows["bfloat16"]["p"], rows["bfloat16"]["emin"]) == (2, 8, -133)
+    assert rows["binary16"]["max_finite"] == "65504"
+    p = run("formats", "bfloat16", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["name"] == "bfloat16" and d["u"] == "2^-8" and d["u_float_up"] == 2.0 ** -8
 
 
 # -- verify ------------------------------------------------------------------------------------------
@@ -159,3 +374,17 @@ def test_verify_activation_and_errors(tmp_path):
     one_line_error(run("verify", "--op", "nosuchop", "--format", "bfloat16"), "unknown --op")
     one_line_error(run("verify", "--op", "conv2d_grad_nothing", "--format", "bfloat16"), "no argument")
     one_line_error(run("verify", "--op", "conv2d", "--format", "bfloat16", "--shape", "2x3"), "--shape")
+
+
+def test_verify_quiet_and_order(capsys):
+    p = run("verify", "--op", "matmul", "--format", "bfloat16", "--order", "pairwise", "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["verdict: enclosure held for all 12 values (exact rational test)"]
+    p = run_in_process(capsys, "verify", "--op", "matmul", "--format", "bfloat16", "--order",
+                       "reversed", "--json")
+    out = json.loads(p.stdout)
+    assert out["params"]["order"] == "reversed" and out["holds"] is True
+    one_line_error(run("verify", "--op", "relu", "--format", "bfloat16", "--order", "pairwise"),
+                   "--order does not apply to relu")
+    one_line_error(run_in_process(capsys, "verify", "--op", "matmul", "--format", "bfloat16",
+                                  "--order", "sideways"), "order must be one of")

@@ -207,12 +207,15 @@ def _needs(*names):
 
 
 def _mlp_graph(rng, d_in=4, d_hid=5, d_out=3):
+    return _mlp_graph_of(rng.standard_normal((d_hid, d_in)), rng.standard_normal(d_hid) * 0.5,
+                         rng.standard_normal((d_out, d_hid)), rng.standard_normal(d_out) * 0.5)
+
+
+def _mlp_graph_of(W1v, b1v, W2v, b2v):
     g = Graph()
     x, t = g.input("x"), g.input("t")
-    W1 = g.param("W1", rng.standard_normal((d_hid, d_in)))
-    b1 = g.param("b1", rng.standard_normal(d_hid) * 0.5)
-    W2 = g.param("W2", rng.standard_normal((d_out, d_hid)))
-    b2 = g.param("b2", rng.standard_normal(d_out) * 0.5)
+    W1, b1 = g.param("W1", W1v), g.param("b1", b1v)
+    W2, b2 = g.param("W2", W2v), g.param("b2", b2v)
     z1 = g.op("linear", x, W1, b1, name="z1")
     a1 = g.op("relu", z1, name="a1")
     y = g.op("linear", a1, W2, b2, name="y")
@@ -263,18 +266,50 @@ def test_mlp_mse_spec_gradients_equal_closed_forms(seed):
     assert any(v != 0 for v in expected["W1"].reshape(-1))
 
 
-def test_mlp_mse_spec_gradient_kink_is_not_faked():
-    """A wrong closed form must fail: perturb the expected ∂L/∂b2 by one ulp-sized rational."""
+def _closed_form_b1(g, xv, tv, relu_at_0):
+    """``∂L/∂b1 = relu'(z1) ⊙ W2ᵀ mseGrad`` in rationals, with ``relu'(0) = relu_at_0``."""
+    W1, b1 = _q(g.nodes["W1"].value), _q(g.nodes["b1"].value)
+    W2, b2 = _q(g.nodes["W2"].value), _q(g.nodes["b2"].value)
+    z1 = _matvec(W1, _q(xv[0])) + b1
+    a1 = np.array([v if v > 0 else mpq(0) for v in z1], dtype=object)
+    mse_grad = (_matvec(W2, a1) + b2 - _q(tv[0])) * mpq(2, tv.shape[1])
+    d = np.array([mpq(1) if v > 0 else (mpq(relu_at_0) if v == 0 else mpq(0)) for v in z1],
+                 dtype=object)
+    return z1, d * _matvec(W2.T, mse_grad)
+
+
+def test_mlp_mse_gradient_at_a_relu_kink():
+    """z1[0] = 0 exactly in the spec while the rounded runtime puts it above 0: the spec
+    gradient follows PyTorch's relu'(0) = 0 (the closed form with relu'(0) = 1 differs, so the
+    comparison can fail), and the runtime gradient — computed with relu' = 1 — still lies
+    within its bound (the relu VJP bound must cover the kink)."""
     _needs("linear", "relu", "mse_loss")
-    rng = np.random.default_rng(5)
-    g = _mlp_graph(rng)
-    xv, tv = rng.standard_normal((1, 4)), rng.standard_normal((1, 3))
-    res = g.forward(formats.get("binary32"), {"x": xv, "t": tv})
-    back = g.backward(formats.get("binary32"), res, loss="loss")
-    y = res.spec["y"].lo[0]
-    mse_grad = (y - _q(tv[0])) * mpq(2, 3)
-    assert np.all(back.spec["b2"].lo == mse_grad)
-    assert not np.all(back.spec["b2"].lo == mse_grad + mpq(1, 2 ** 60))
+    fmt = formats.get("bfloat16")
+    for seed in range(50):        # dyadic data, so the spec kink is exact; find a runtime ẑ > 0
+        rng = np.random.default_rng(seed)
+        W1 = np.round(rng.standard_normal((5, 4)) * 64) / 64
+        xv = np.round(rng.standard_normal((1, 4)) * 4096) / 4096
+        b1 = rng.standard_normal(5) * 0.5
+        b1[0] = -float(W1[0] @ xv[0])               # exact: few bits in every term
+        assert mpq(b1[0]) == -sum(mpq(float(w)) * mpq(float(v)) for w, v in zip(W1[0], xv[0]))
+        g = _mlp_graph_of(W1, b1, rng.standard_normal((3, 5)), rng.standard_normal(3) * 0.5)
+        tv = rng.standard_normal((1, 3))
+        res = g.forward(fmt, {"x": xv, "t": tv})
+        if res.runtime["z1"][0, 0] > 0:
+            break
+    else:
+        pytest.fail("no seed puts the runtime above the kink")
+    assert res.spec["z1"].is_exact and res.spec["z1"].lo[0, 0] == 0
+    back = g.backward(fmt, res, loss="loss")
+    assert res.holds and back.holds
+    z1, at0 = _closed_form_b1(g, xv, tv, relu_at_0=0)
+    assert z1[0] == 0
+    assert back.spec["b1"].is_exact and np.all(back.spec["b1"].lo == at0)
+    _, at1 = _closed_form_b1(g, xv, tv, relu_at_0=1)
+    assert at1[0] != 0 and not np.all(back.spec["b1"].lo == at1)
+    # the runtime took the other branch: a nonzero gradient where the spec's is 0, enclosed
+    assert back.runtime["b1"][0] != 0 and back.spec["b1"].lo[0] == 0
+    assert back.eps["b1"][0] >= abs(back.runtime["b1"][0])
 
 
 # -- end-to-end enclosure: MLP and small CNN ----------------------------------------------------------

@@ -39,6 +39,43 @@ class Mixed(nn.Module):
         return F.softmax(h, dim=1)
 
 
+class Modules(nn.Module):
+    """The rest of the import surface: Conv3d and Conv1d (joined by views), the Tanh, Sigmoid,
+    Softplus and Softmax modules, F.conv2d with raw parameters, F.max_pool2d, F.avg_pool2d and
+    torch.flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv3 = nn.Conv3d(2, 3, 3, padding=1)
+        self.act3 = nn.Tanh()
+        self.conv1 = nn.Conv1d(12, 4, 3, stride=2)
+        self.act1 = nn.Sigmoid()
+        self.w2 = nn.Parameter(torch.randn(2, 1, 3, 3) / 3)
+        self.b2 = nn.Parameter(torch.randn(2) / 10)
+        self.act2 = nn.Softplus()
+        self.fc = nn.Linear(16, 5)
+        self.out = nn.Softmax(dim=1)
+
+    def forward(self, x):                        # x: (1, 2, 4, 6, 6)
+        h = self.act3(self.conv3(x))             # (1, 3, 4, 6, 6)
+        h = h.view(1, 12, 36)
+        h = self.act1(self.conv1(h))             # (1, 4, 17)
+        h = h.view(1, 1, 4, 17)
+        h = self.act2(F.conv2d(h, self.w2, self.b2, padding=1))   # (1, 2, 4, 17)
+        h = F.max_pool2d(h, 2)                   # (1, 2, 2, 8)
+        h = F.avg_pool2d(h, (1, 2))              # (1, 2, 2, 4)
+        return self.out(self.fc(torch.flatten(h, 1)))
+
+
+MODULES_OPS = ["conv", "tanh", "reshape", "conv", "sigmoid", "reshape", "conv", "softplus",
+               "max_pool", "avg_pool", "flatten", "linear", "softmax"]
+
+
+def _modules():
+    torch.manual_seed(1)
+    return Modules(), np.random.default_rng(1).standard_normal((1, 2, 4, 6, 6))
+
+
 def _export(model, x, path):
     model.eval()
     torch.onnx.export(model, torch.as_tensor(x, dtype=next(model.parameters()).dtype), str(path),
@@ -96,14 +133,80 @@ def test_demo_torch_and_onnx_give_the_same_bounds(tmp_path):
         assert np.array_equal(np.asarray(ra.runtime[na]), np.asarray(rb.runtime[nb]))
 
 
-@pytest.mark.slow
+def _same_results(ra, rb):
+    """Two forward (or backward) results of equal graphs: the same nodes in the same order,
+    bit-identical runtime values and bounds."""
+    la, lb = ra.graph.topological_order(), rb.graph.topological_order()
+    assert [ra.graph.nodes[n].op for n in la] == [rb.graph.nodes[n].op for n in lb]
+    for na, nb in zip(la, lb):
+        if na in ra.runtime:
+            assert np.array_equal(np.asarray(ra.runtime[na]), np.asarray(rb.runtime[nb])), na
+            assert np.array_equal(ra.eps[na], rb.eps[nb]), na
+
+
 def test_mixed_torch_and_onnx_give_the_same_bounds(tmp_path):
     m, x = _mixed()
     ra = _forward(torch_import.trace(m, x), x, "binary16")
     rb = _forward(onnx_import.load(_export(m, x, tmp_path / "mixed.onnx")), x, "binary16")
     assert ra.holds and rb.holds
-    for na, nb in zip(ra.graph.topological_order(), rb.graph.topological_order()):
-        assert np.array_equal(ra.eps[na], rb.eps[nb])
+    _same_results(ra, rb)
+
+
+def test_modules_import_spec_and_onnx(tmp_path):
+    """Conv1d/Conv3d, activation modules and the functional forms: imported as the expected
+    ops; the spec equals PyTorch's float64 forward; the ONNX export gives the same program
+    and bit-identical bounds."""
+    m, x = _modules()
+    a = torch_import.trace(m, x)
+    assert [s.op for s in a.steps] == MODULES_OPS
+    assert a.params["w2"].shape == (2, 1, 3, 3)            # F.conv2d's raw weight
+    b = onnx_import.load(_export(m, x, tmp_path / "modules.onnx"))
+    assert a.signature() == b.signature()
+    ra, rb = _forward(a, x), _forward(b, x)
+    assert ra.holds and rb.holds
+    _same_results(ra, rb)
+    with torch.no_grad():
+        ref = m.double()(torch.from_numpy(x)).numpy()
+    spec = ra.spec[a.output].to_float()
+    np.testing.assert_allclose(spec, ref, rtol=0, atol=1e-13 * np.abs(ref).max())
+    assert np.abs(np.asarray(ra.runtime[a.output], dtype=np.float64) - ref).max() > 1e-5
+
+
+def test_onnx_import_agrees_with_onnxruntime(tmp_path):
+    """An independent ONNX implementation (onnxruntime, float32) computes what our spec of the
+    imported ONNX graph says, to float32 accuracy: the importer reads the ONNX semantics
+    (pads, strides, Gemm transposes, Softmax axis, …) right."""
+    ort = pytest.importorskip("onnxruntime")
+    for name, (m, x) in {"mixed": _mixed(), "modules": _modules(), "demo": (
+            demo_model().float(), demo_input())}.items():
+        m = m.float()
+        x32 = x.astype(np.float32)
+        path = _export(m, x32, tmp_path / f"{name}.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: x32})[0].astype(np.float64)
+        prog = onnx_import.load(path)
+        res = prog.to_graph().forward(get_format("binary32"), inputs={"x": x32.astype(np.float64)},
+                                      bounds=False, progress=False)
+        spec = res.spec[prog.output].to_float()
+        assert spec.shape == got.shape, name
+        np.testing.assert_allclose(got, spec, rtol=0, atol=1e-5 * np.abs(spec).max(),
+                                   err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16", "float8_e4m3fn", "binary32"])
+def test_torch_and_onnx_give_the_same_gradient_bounds(tmp_path, fmt):
+    """Forward and backward (loss = sum of the outputs) of both models in every format:
+    PyTorch import and ONNX import agree bit for bit, and every enclosure holds."""
+    for name, (m, x) in {"mixed": _mixed(), "modules": _modules()}.items():
+        ga = torch_import.trace(m, x).to_graph("sum")
+        gb = onnx_import.load(_export(m, x, tmp_path / f"{name}.onnx")).to_graph("sum")
+        f = get_format(fmt)
+        fa, fb = (g.forward(f, {"x": x}, progress=False) for g in (ga, gb))
+        ba, bb = ga.backward(f, fa, progress=False), gb.backward(f, fb, progress=False)
+        assert fa.holds and fb.holds and ba.holds and bb.holds
+        _same_results(fa, fb)
+        _same_results(ba, bb)
 
 
 # -- the demo model ---------------------------------------------------------------------------------
@@ -151,6 +254,25 @@ def test_unsupported_function_and_options():
         torch_import.trace(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), np.zeros((1, 2, 7, 7)))
     with pytest.raises(ValueError, match=r"Softplus\): beta"):
         torch_import.trace(nn.Sequential(nn.Softplus(beta=2)), np.zeros((1, 3)))
+
+
+def test_softplus_threshold_rejected():
+    """PyTorch returns x where x > threshold: only the default 20 (|difference| < e^-20) is
+    imported as the exact log(1 + e^x); any other threshold is refused, naming the layer."""
+    with pytest.raises(ValueError, match=r"unsupported layer '0' \(Softplus\): threshold=0.5"):
+        torch_import.trace(nn.Sequential(nn.Softplus(threshold=0.5)), np.zeros((1, 3)))
+
+    class G(nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            self.kw = kw
+
+        def forward(self, x):
+            return F.softplus(x, **self.kw)
+    with pytest.raises(ValueError, match=r"'softplus' \(softplus\): threshold=5"):
+        torch_import.trace(G(threshold=5.0), np.zeros((1, 3)))
+    for m in (nn.Sequential(nn.Softplus()), G(), G(beta=1.0, threshold=20)):
+        assert [s.op for s in torch_import.trace(m, np.zeros((1, 3))).steps] == ["softplus"]
 
 
 def test_unsupported_onnx_node_names_node_and_op():

@@ -62,15 +62,6 @@ def primitive(name: str):
     return ops.get(name)
 
 
-def _accepts(f, keyword: str) -> bool:
-    try:
-        sig = inspect.signature(f)
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD
-               for p in sig.parameters.values())
-
-
 def op_params(P, node: Node, order: str) -> dict:
     """The keyword parameters every rule of ``P`` receives at ``node``: the node's own params,
     plus ``order`` when the op takes one and the node did not fix it."""
@@ -335,12 +326,18 @@ class ForwardResult:
         return rows(self.graph, self.graph.topological_order(), self.runtime, self.spec,
                     self.eps, self.fmt)
 
+    def failures(self) -> list[str] | None:
+        """The nodes (topological order, labels excluded) whose runtime is farther than ``eps``
+        from some point of their spec (exact rational test); ``None`` without spec or bounds."""
+        if self.spec is None or self.eps is None:
+            return None
+        return [n for n in self.runtime if self.graph.nodes[n].kind != "label"
+                and not bool(self.spec[n].encloses(self.runtime[n], self.eps[n]).all())]
+
     @property
     def holds(self) -> bool | None:
         """Whether every node's runtime lies within ``eps`` of every point of its spec
         (exact rational test); ``None`` without spec or bounds."""
-        if self.spec is None or self.eps is None:
-            return None
-        return all(bool(self.spec[n].encloses(self.runtime[n], self.eps[n]).all())
-                   for n in self.runtime if self.graph.nodes[n].kind != "label")
+        f = self.failures()
+        return None if f is None else not f
 

@@ -156,9 +156,17 @@ class BackwardResult:
         return rows(self.graph, list(self.runtime), self.runtime, self.spec, self.eps, self.fmt,
                     gradient=True)
 
-    @property
-    def holds(self) -> bool | None:
+    def failures(self) -> list[str] | None:
+        """The nodes whose runtime gradient is farther than ``eps`` from some point of its
+        spec gradient (exact rational test); ``None`` without spec or bounds."""
         if self.spec is None or self.eps is None:
             return None
-        return all(bool(self.spec[n].encloses(self.runtime[n], self.eps[n]).all())
-                   for n in self.runtime)
+        return [n for n in self.runtime
+                if not bool(self.spec[n].encloses(self.runtime[n], self.eps[n]).all())]
+
+    @property
+    def holds(self) -> bool | None:
+        """Whether every gradient encloses (see :meth:`failures`); ``None`` without spec or
+        bounds."""
+        f = self.failures()
+        return None if f is None else not f

@@ -19,6 +19,11 @@ Orders (``RN`` is rounding to the format; ``g`` the runtime gradient, ``t`` the 
 * AdamW (PyTorch semantics): ``p₁ = RN(RN(1 − lr·λ)·p)``, ``m' = RN(RN(β₁·m) + RN(RN(1−β₁)·g))``,
   ``v' = RN(RN(β₂·v) + RN(RN(1−β₂)·RN(g·g)))``, ``m̂ = RN(m' / RN(1 − β₁ᵗ))``,
   ``v̂ = RN(v' / RN(1 − β₂ᵗ))``, ``d = RN(RN(√v̂) + RN(ε))``, ``p' = RN(p₁ − RN(lr·RN(m̂ / d)))``.
+  The spec denominator is ``√v̂ + ε ≥ ε > 0``, so ``m̂ / d`` is bounded by the division rule with
+  that floor (:func:`divide_floor`): finite even where ``d̂`` is not known to be away from 0.
+
+Each :class:`StepResult` records the exact enclosure verdicts of the step's forward values,
+gradients and updated parameters (the end-to-end check of issue 5).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..bounds.upward import exact_up
 from ..formats import Format
+from ..ops.elementwise import div_error
 from ..ops.interval import Interval
 from .forward import Graph, Value, _disable, primitive
 
@@ -45,6 +51,28 @@ def apply(fmt: Format, op: str, *vals: Value, spec: bool = True, bounds: bool = 
     sp = P.spec(*(v.spec for v in vals), **params) if spec else None
     ep = np.asarray(P.bound(fmt, xs, tuple(v.eps for v in vals), **params), dtype=np.float64) \
         if bounds else None
+    return Value(rt, sp, ep)
+
+
+def divide_floor(fmt: Format, x: Value, y: Value, floor: float, spec: bool = True,
+                 bounds: bool = True) -> Value:
+    """``RN(x / y)`` by the ``div`` primitive's runtime and spec rules, bounded with a known
+    lower bound of the spec denominator: the caller guarantees ``y ≥ floor > 0`` for every
+    point ``y`` of the spec enclosure (checked exactly when the spec is computed; a violation
+    is a ``ValueError``). The bound is :func:`~nfbound.ops.elementwise.div_error` with that
+    ``floor``: ``(ε_x + |x̂/ŷ|·ε_y) / max(floor, |ŷ| − ε_y) + r`` — finite even where
+    ``|ŷ| ≤ ε_y``, where the plain ``div`` rule (which knows no floor) gives ``inf``. The
+    runtime is bit-identical to ``apply(fmt, "div", x, y)``."""
+    if not (floor > 0 and math.isfinite(floor)):
+        raise ValueError(f"floor must be a positive finite float, got {floor!r}")
+    P = primitive("div")
+    rt = P.runtime(fmt, x.runtime, y.runtime)
+    sp = None
+    if spec:
+        if np.any(y.spec.lo < mpq(floor)):
+            raise ValueError(f"div: the spec denominator reaches below its stated floor {floor!r}")
+        sp = P.spec(x.spec, y.spec)
+    ep = div_error(fmt, x.runtime, x.eps, y.runtime, y.eps, floor=floor)[1] if bounds else None
     return Value(rt, sp, ep)
 
 
@@ -175,45 +203,77 @@ class AdamW:
             v = Value(v.runtime, _nonneg(v.spec), v.eps)
         m_hat = apply(fmt, "div", m, c(1 - b1 ** t), **kw)
         v_hat = apply(fmt, "div", v, c(1 - b2 ** t), **kw)
-        d = apply(fmt, "add", apply(fmt, "sqrt", v_hat, **kw), c(mpq(self.eps)), **kw)
-        step = apply(fmt, "mul", c(lr), apply(fmt, "div", m_hat, d, **kw), **kw)
+        # d = √v̂ + ε ≥ ε on the spec path: v ≥ 0 (intersected above), v̂ = v/(1 − β₂ᵗ) ≥ 0,
+        # √ rounds its lower end down but never below 0, and ε is the exact constant. So
+        # ε rounded down to float64 is a floor of the spec denominator (finite bounds even where
+        # |d̂| ≤ ε_d, where the plain div rule gives inf).
+        eps_q = mpq(self.eps)
+        d = apply(fmt, "add", apply(fmt, "sqrt", v_hat, **kw), c(eps_q), **kw)
+        floor = -exact_up(-eps_q)
+        step = apply(fmt, "mul", c(lr), divide_floor(fmt, m_hat, d, floor, **kw), **kw)
         return apply(fmt, "sub", p1, step, **kw), {"m": m, "v": v}
 
 
 def _nonneg(s: Interval) -> Interval:
     """``s ∩ [0, ∞)`` for an enclosure of a quantity known to be ≥ 0."""
+    if s.lo is s.hi:       # exact: the point is the quantity itself, already ≥ 0
+        return s
     z = mpq(0)
     lo = np.asarray(np.vectorize(lambda a: a if a > z else z, otypes=[object])(s.lo),
                     dtype=object).reshape(s.shape)
-    if s.lo is s.hi:
-        return s
     return Interval(lo, s.hi)
 
 
 # -- the training loop --------------------------------------------------------------------------
 @dataclass
 class StepResult:
-    """One training step: the loss before the update and every parameter after it."""
+    """One training step: the loss before the update, every parameter after it, and the exact
+    enclosure verdicts of the step's forward pass (every node, with the step's parameters and
+    batch) and backward pass (every gradient the update used).
+
+    ``forward_failed``/``backward_failed`` name the nodes whose runtime left its bound; they
+    are ``None`` when training ran with ``spec=False`` or ``bounds=False`` (nothing to check).
+    """
 
     step: int
     loss: Value
     params: dict
+    forward_failed: tuple[str, ...] | None = None
+    backward_failed: tuple[str, ...] | None = None
 
-    def holds(self) -> bool:
-        """Every parameter's runtime within ε of every point of its spec (exact test)."""
-        return all(bool(v.spec.encloses(v.runtime, v.eps).all()) for v in self.params.values())
+    def failures(self) -> list[str] | None:
+        """Every enclosure of the step that failed, as ``"forward NODE"``, ``"gradient NODE"``
+        and ``"parameter NAME"`` (exact rational tests); ``None`` without spec or bounds."""
+        if self.forward_failed is None or self.backward_failed is None:
+            return None
+        return ([f"forward {n}" for n in self.forward_failed]
+                + [f"gradient {n}" for n in self.backward_failed]
+                + [f"parameter {n}" for n, v in self.params.items()
+                   if not bool(v.spec.encloses(v.runtime, v.eps).all())])
+
+    def holds(self) -> bool | None:
+        """Forward values, gradients and updated parameters all within their bounds; ``None``
+        without spec or bounds."""
+        f = self.failures()
+        return None if f is None else not f
 
 
 @dataclass
 class TrainResult:
+    """The steps of :func:`train` in order."""
+
     steps: list = field(default_factory=list)
 
     @property
     def params(self) -> dict:
+        """The parameters after the last step (``{}`` when no step ran)."""
         return self.steps[-1].params if self.steps else {}
 
-    def holds(self) -> bool:
-        return all(s.holds() for s in self.steps)
+    def holds(self) -> bool | None:
+        """Every step holds (:meth:`StepResult.holds`); ``None`` if trained without spec or
+        bounds; ``True`` for zero steps (nothing was computed, nothing failed)."""
+        verdicts = [s.holds() for s in self.steps]
+        return None if None in verdicts else all(verdicts)
 
 
 def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None,
@@ -224,7 +284,10 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
     ``batches[k % len(batches)]`` (a dict of graph inputs; a single dict is used every step).
 
     Each step: forward and backward on the three paths, then the optimizer update of every
-    parameter. Returns per-step parameter runtime/spec/eps (:class:`TrainResult`).
+    parameter. Returns per step the loss, the updated parameters' runtime/spec/eps and (with
+    ``spec`` and ``bounds``) the exact enclosure verdicts of the step's forward values and
+    gradients (:class:`StepResult`). ``progress`` drives one bar over the steps (silent off a
+    terminal by default); the passes inside a step show none.
     """
     if isinstance(batches, dict):
         batches = [batches]
@@ -242,10 +305,11 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
     out = TrainResult()
     for k in tqdm(range(steps), desc=f"train {fmt}", disable=_disable(progress), leave=False):
         res = graph.forward(fmt, batches[k % len(batches)], order=order, spec=spec,
-                            bounds=bounds, params=state_p)
+                            bounds=bounds, params=state_p, progress=False)
         lname = loss if loss is not None else (graph.outputs[0] if len(graph.outputs) == 1
                                                else None)
-        back = graph.backward(fmt, res, loss=lname)
+        back = graph.backward(fmt, res, loss=lname, progress=False)
+        f_fail, b_fail = res.failures(), back.failures()
         new = {}
         for n, p in state_p.items():
             try:
@@ -254,5 +318,7 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
             except (ValueError, TypeError, ZeroDivisionError) as e:
                 raise ValueError(f"param {n!r}: optimizer step {k + 1}: {e}") from e
         state_p = new
-        out.steps.append(StepResult(k + 1, res.value(back.loss), dict(new)))
+        out.steps.append(StepResult(k + 1, res.value(back.loss), dict(new),
+                                    None if f_fail is None else tuple(f_fail),
+                                    None if b_fail is None else tuple(b_fail)))
     return out

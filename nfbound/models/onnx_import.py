@@ -5,12 +5,17 @@ Supported node types: ``Conv``, ``ConvTranspose``, ``Gemm`` (``alpha = beta = 1`
 ``MatMul`` followed by ``Add`` of an initializer (merged into one ``linear``; otherwise
 ``matmul``/``add``), ``Relu``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``MaxPool``,
 ``AveragePool``, ``Flatten``, ``Reshape``, ``Softmax``, ``Identity``/``Dropout`` (identity), and
-``Constant`` nodes feeding those. Initializers become parameters (float64). Anything else raises
-``ValueError`` naming the node and its op type.
+``Constant`` nodes feeding those, all in the standard ``ai.onnx`` domain. Initializers and
+``Constant`` tensors used as operands become parameters (float64). Weights of ``Conv``,
+``ConvTranspose`` and ``Gemm`` must be initializers or constants. Anything else — an
+unsupported op, a custom domain, attributes the op does not take (ONNX ``Softplus`` has none:
+it is the exact ``log(1 + e^x)``), a malformed node — raises ``ValueError`` naming the node and
+its op type.
 
 Shapes needed by ``Reshape`` (``0`` entries, ``-1``) and ``Flatten`` with ``axis ≠ 1`` come
 from ONNX shape inference on the model's declared input shape. Pads must be symmetric
 (``begin == end``); ``auto_pad``, dilations ≠ 1, ``group`` ≠ 1, ``ceil_mode`` are rejected.
+The declared input shape is kept as ``Program.input_shape`` (see :func:`_declared_shape`).
 """
 from __future__ import annotations
 
@@ -32,6 +37,23 @@ def _layer_name(node, k: int) -> str:
 def _attrs(node) -> dict:
     import onnx
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _declared_shape(value_info) -> tuple[int, ...] | None:
+    """The static shape of a graph input (a symbolic or missing first, batch, dimension counts
+    as 1); ``None`` if any other dimension is not a fixed positive size."""
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for k, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif k == 0:
+            dims.append(1)
+        else:
+            return None
+    return tuple(dims)
 
 
 class _Importer:
@@ -63,12 +85,25 @@ class _Importer:
         raise ValueError(f"unsupported node {node.name or layer!r} ({node.op_type}): {why}")
 
     def tensor(self, name: str, node, layer) -> str:
+        """The graph name of the ONNX value ``name``: a node's output, or an initializer /
+        ``Constant`` tensor turned into a parameter on first use."""
         if name in self.env:
             return self.env[name]
-        if name in self.inits:
-            self.env[name] = self.prog.add_param(name, self.inits[name].astype(np.float64))
+        if name in self.inits or name in self.consts:
+            value = self.inits[name] if name in self.inits else self.consts[name]
+            if value.dtype.kind not in "fiu":
+                self.fail(node, layer, f"input {name!r} has dtype {value.dtype}, not numeric")
+            self.env[name] = self.prog.add_param(name, value.astype(np.float64))
             return self.env[name]
         self.fail(node, layer, f"input {name!r} is not produced by a supported node")
+
+    def weight(self, name: str, node, layer) -> str:
+        """A parameter operand (an initializer or a ``Constant``), not a computed tensor."""
+        w = self.tensor(name, node, layer)
+        if w not in self.prog.params:
+            self.fail(node, layer, f"the weight {name!r} must be an initializer or a Constant, "
+                                   f"not the output of another node")
+        return w
 
     def constant(self, name: str, node, layer) -> np.ndarray:
         if name in self.inits:
@@ -93,7 +128,13 @@ class _Importer:
 
     def node(self, node, k: int, nodes, skip: set) -> None:
         op, layer, a = node.op_type, _layer_name(node, k), _attrs(node)
-        out = node.output[0] if node.output else None
+        if node.domain not in ("", "ai.onnx"):
+            self.fail(node, layer, f"custom domain {node.domain!r}")
+        if not node.output or not node.output[0]:
+            self.fail(node, layer, "the node has no output")
+        out = node.output[0]
+        if op != "Constant" and (not node.input or not node.input[0]):
+            self.fail(node, layer, "the node has no input")
         if op == "Constant":
             from onnx import numpy_helper
             if "value" not in a:
@@ -106,9 +147,13 @@ class _Importer:
         x = self.tensor(node.input[0], node, layer)
         step = None
         if op in ("Conv", "ConvTranspose"):
-            w = self.tensor(node.input[1], node, layer)
+            if len(node.input) < 2 or not node.input[1]:
+                self.fail(node, layer, "the weight input is missing")
+            w = self.weight(node.input[1], node, layer)
             W = self.param_value(w)
             n = W.ndim - 2
+            if n < 1:
+                self.fail(node, layer, f"the weight has {W.ndim} dimensions, expected at least 3")
             if a.get("group", 1) != 1:
                 self.fail(node, layer, "group must be 1")
             if op == "ConvTranspose" and (any(v != 0 for v in a.get("output_padding", [])) or "output_shape" in a):
@@ -123,10 +168,14 @@ class _Importer:
         elif op == "Gemm":
             if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0) != 0:
                 self.fail(node, layer, "only alpha=1, beta=1, transA=0 are supported")
+            if len(node.input) < 2:
+                self.fail(node, layer, "the weight input B is missing")
             wname = node.input[1]
-            if wname not in self.inits:
-                self.fail(node, layer, "the weight B must be an initializer")
-            W = self.inits[wname].astype(np.float64)
+            if wname not in self.inits and wname not in self.consts:
+                self.fail(node, layer, "the weight B must be an initializer or a Constant")
+            W = (self.inits[wname] if wname in self.inits else self.consts[wname]).astype(np.float64)
+            if W.ndim != 2:
+                self.fail(node, layer, f"the weight B has {W.ndim} dimensions, expected 2")
             if not a.get("transB", 0):
                 W, wname = W.T, f"{wname}.T"
             ins = [x, self.prog.add_param(wname, W)]
@@ -150,12 +199,16 @@ class _Importer:
         elif op == "Add":
             step = self.prog.add_step(layer, "add", (x, self.tensor(node.input[1], node, layer)))
         elif op in ("Relu", "Tanh", "Sigmoid", "Softplus"):
+            if a:   # none of them takes an attribute in ai.onnx
+                self.fail(node, layer, f"unexpected attributes {sorted(a)}")
             step = self.prog.add_step(layer, op.lower(), (x,))
         elif op in ("MaxPool", "AveragePool"):
             if a.get("ceil_mode", 0):
                 self.fail(node, layer, "ceil_mode must be 0")
             if op == "MaxPool" and (len(node.output) > 1 and node.output[1]):
                 self.fail(node, layer, "the Indices output is not supported")
+            if "kernel_shape" not in a:
+                self.fail(node, layer, "kernel_shape is missing")
             kernel = tuple(int(v) for v in a["kernel_shape"])
             stride, padding = self.spatial(node, layer, a, len(kernel))
             if op == "AveragePool" and any(padding) and not a.get("count_include_pad", 0):
@@ -195,11 +248,22 @@ class _Importer:
         if len(g.output) != 1:
             raise ValueError(f"the model must have exactly one output, it has {len(g.output)}")
         self.env[data[0].name] = INPUT
+        self.prog.input_shape = _declared_shape(data[0])
         nodes, skip = list(g.node), set()
         for k, node in enumerate(nodes):
-            if id(node) not in skip:
+            if id(node) in skip:
+                continue
+            try:
                 self.node(node, k, nodes, skip)
-        self.prog.output = self.tensor(g.output[0].name, g.node[-1], "output")
+            except (IndexError, KeyError, TypeError, AttributeError) as e:
+                # a malformed node (missing inputs or attributes, wrong attribute types)
+                raise ValueError(f"malformed node {node.name or _layer_name(node, k)!r} "
+                                 f"({node.op_type}): {type(e).__name__}: {e}") from e
+        out = g.output[0].name
+        if out not in self.env:
+            raise ValueError(f"the model output {out!r} is not produced by any node" +
+                             ("" if nodes else " (the graph has no nodes)"))
+        self.prog.output = self.env[out]
         return self.prog
 
 

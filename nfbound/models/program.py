@@ -37,12 +37,17 @@ class Step:
 
 @dataclass
 class Program:
-    """Parameters (ordered) and steps (topological order) of an imported model."""
+    """Parameters (ordered) and steps (topological order) of an imported model.
+
+    ``input_shape``: the input's shape as the model declares it (batch dimension first; a
+    symbolic batch dimension taken as 1), ``None`` when unknown (PyTorch modules declare none).
+    """
 
     params: dict[str, np.ndarray] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     output: str = INPUT
     source: str = ""
+    input_shape: tuple[int, ...] | None = None
 
     def _names(self) -> set[str]:
         return {INPUT, LABELS, LOSS} | set(self.params) | {s.name for s in self.steps}

@@ -3,7 +3,7 @@
 Supported (anything else raises ``ValueError`` naming the layer and its type/op):
 
 * modules: ``Sequential`` (inlined), ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``,
-  ``ReLU``, ``Tanh``, ``Sigmoid``, ``Softplus`` (beta = 1), ``MaxPool1d/2d/3d``,
+  ``ReLU``, ``Tanh``, ``Sigmoid``, ``Softplus`` (beta = 1, threshold = 20), ``MaxPool1d/2d/3d``,
   ``AvgPool1d/2d/3d``, ``Flatten``, ``Softmax``, ``Identity``, ``Dropout`` (identity at inference);
 * functions: ``F.relu``/``torch.relu``, ``torch.tanh``/``F.tanh``, ``torch.sigmoid``,
   ``F.softplus``, ``F.conv1d/2d/3d``, ``F.conv_transpose1d/2d/3d``, ``F.linear``,
@@ -13,9 +13,10 @@ Supported (anything else raises ``ValueError`` naming the layer and its type/op)
   ``x.softmax``, ``x.size`` (only to compute a view shape).
 
 Limits, stated: dilation ≠ 1, groups ≠ 1, ``ceil_mode=True``, string padding, ``output_padding``
-≠ 0 are rejected. ``Softplus`` is imported as the exact ``log(1 + e^x)``: PyTorch's
+≠ 0 are rejected. ``Softplus`` is imported as the exact ``log(1 + e^x)``: PyTorch's default
 ``threshold`` shortcut (returns ``x`` where ``x > 20``) differs from it by less than
-``e^−20`` and is not modelled. ``view``/``reshape`` shapes are taken from a run on the example
+``e^−20`` and is not modelled; any other ``threshold`` (or ``beta ≠ 1``) changes the function
+and is rejected, naming the layer. ``view``/``reshape`` shapes are taken from a run on the example
 input (so the graph is specific to that input shape; the batch dimension included).
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ import operator
 import numpy as np
 
 from .program import INPUT, Program
+
+#: PyTorch's default ``Softplus`` threshold, the only one imported (see the module docstring).
+SOFTPLUS_THRESHOLD = 20.0
 
 
 def _tuple(v, n: int, what: str, layer: str) -> tuple[int, ...]:
@@ -126,8 +130,13 @@ class _Importer:
         _require(dim is not None, layer, kind, "dim must be given")
         return self.prog.add_step(layer, "softmax", (x,), dim=int(dim))
 
-    def softplus(self, layer, kind, x, beta=1.0):
+    def softplus(self, layer, kind, x, beta=1.0, threshold=SOFTPLUS_THRESHOLD):
+        """``log(1 + e^x)``: only PyTorch's defaults ``beta = 1``, ``threshold = 20`` (see the
+        module docstring); anything else is a ``ValueError`` naming the layer."""
         _require(float(beta) == 1.0, layer, kind, f"beta={beta} (only beta=1)")
+        _require(float(threshold) == SOFTPLUS_THRESHOLD, layer, kind,
+                 f"threshold={threshold} (only the default {SOFTPLUS_THRESHOLD:g}: PyTorch returns x "
+                 f"where x > threshold, the spec is the exact log(1 + e^x))")
         return self.prog.add_step(layer, "softplus", (x,))
 
     def reshape(self, layer, node, x):
@@ -164,7 +173,7 @@ class _Importer:
             if type(mod) is cls:
                 return self.prog.add_step(layer, op, (x,))
         if type(mod) is nn.Softplus:
-            return self.softplus(layer, kind, x, mod.beta)
+            return self.softplus(layer, kind, x, mod.beta, mod.threshold)
         if type(mod) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
             _require(not mod.return_indices, layer, kind, "return_indices must be False")
             n = int(kind[-2])
@@ -234,8 +243,10 @@ class _Importer:
             _require(a.get("dtype") is None, layer, kind, "dtype must not be given")
             return self.softmax(layer, kind, self.ref(a["input"], layer), self.const(a["dim"]))
         if f is F.softplus:
-            a = _bind(node, ["input", "beta", "threshold"], {"beta": 1.0})
-            return self.softplus(layer, kind, self.ref(a["input"], layer), self.const(a["beta"]))
+            a = _bind(node, ["input", "beta", "threshold"], {"beta": 1.0,
+                                                            "threshold": SOFTPLUS_THRESHOLD})
+            return self.softplus(layer, kind, self.ref(a["input"], layer), self.const(a["beta"]),
+                                 self.const(a["threshold"]))
         if f in (operator.add, torch.add):
             import torch.fx
             x, y = node.args[:2]
@@ -267,23 +278,32 @@ class _Importer:
             raise ValueError(f"the model must take exactly one tensor input, it takes "
                              f"{len(placeholders)} ({', '.join(n.name for n in placeholders)})")
         for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                self.env[node.name] = INPUT
-            elif node.op == "get_attr":
-                self.env[node.name] = self.param(str(node.target), self.gm.get_parameter(node.target)
-                                                 if _is_param(self.gm, node.target)
-                                                 else self.gm.get_buffer(node.target))
-            elif node.op == "call_module":
-                self.env[node.name] = self.call_module(node)
-            elif node.op == "call_function":
-                self.env[node.name] = self.call_function(node)
-            elif node.op == "call_method":
-                self.env[node.name] = self.call_method(node)
-            elif node.op == "output":
-                out = node.args[0]
-                _require(hasattr(out, "name"), "output", "output", "the model must return one tensor")
-                self.prog.output = self.ref(out, "output")
+            try:
+                self.node(node)
+            except (IndexError, KeyError, TypeError, AttributeError) as e:
+                # arguments of an unexpected form (fx records whatever the forward passed)
+                raise ValueError(f"layer {node.name!r} ({node.op} {node.target}): cannot import "
+                                 f"it: {type(e).__name__}: {e}") from e
         return self.prog
+
+    def node(self, node) -> None:
+        """Import one fx node into :attr:`prog` (its graph name goes to :attr:`env`)."""
+        if node.op == "placeholder":
+            self.env[node.name] = INPUT
+        elif node.op == "get_attr":
+            self.env[node.name] = self.param(str(node.target), self.gm.get_parameter(node.target)
+                                             if _is_param(self.gm, node.target)
+                                             else self.gm.get_buffer(node.target))
+        elif node.op == "call_module":
+            self.env[node.name] = self.call_module(node)
+        elif node.op == "call_function":
+            self.env[node.name] = self.call_function(node)
+        elif node.op == "call_method":
+            self.env[node.name] = self.call_method(node)
+        elif node.op == "output":
+            out = node.args[0]
+            _require(hasattr(out, "name"), "output", "output", "the model must return one tensor")
+            self.prog.output = self.ref(out, "output")
 
 
 def _is_param(gm, target: str) -> bool:
