@@ -15,7 +15,7 @@ from .demo import demo_graph, demo_input, demo_labels, demo_model, demo_program
 from .program import INPUT, LABELS, LOSS, Program, Step
 
 
-#: How to get the optional dependencies of the importers (torch, onnx, onnxruntime, scikit-learn).
+#: How to get the optional dependencies of the importers (torch, onnx, scikit-learn).
 INSTALL_HINT = "pip install 'nfbound[models]'"
 
 
