@@ -1,13 +1,15 @@
 """Formats: ``add, sub, mul, div, sqrt`` on format values == one correct rounding, bit for bit.
 
 The oracle computes each op in MPFR in the subnormalizing context of the format (one rounding
-of the exact result; see ``test_formats.py``), and Python's ``decimal`` for radix 10. Operands
-are format values: random over every binade and near 1, and adversarial sets per op
-(cancellation, results that are ties, subnormal results, overflow, products just below a power
-of two, square roots next to midpoints, Priest's √ family by construction). The compiled engine
-is checked for every preset and mode, for precisions 26..51 (residual / round-to-odd path), and
-the exact reference engine (``p = 52, 53``, ties-away, wide exponent range, radix 10) on smaller
-samples.
+of the exact result, MPFR deciding overflow for the IEEE-style presets; see ``test_formats.py``),
+and Python's ``decimal`` for radix 10. Operands are format values (checked independently of
+nfbound: ``x = s·2^c`` with ``s`` an integer, by exact NumPy scalings): random over every binade
+and near 1, and adversarial sets per op (cancellation, results that are ties, subnormal results,
+overflow, products just below a power of two, square roots next to midpoints, Priest's √ family
+by construction). Every preset (binary64 included) is checked on ≥ 10^6 operand pairs per op in
+the default run and ≥ 10^7 under ``-m slow``; the compiled engine also for every mode and for
+precisions 26..51 (residual / round-to-odd path), and the exact reference engine (``p = 52, 53``,
+a small emax, ties-away, wide exponent range, radix 10) on smaller samples.
 """
 from __future__ import annotations
 
@@ -24,21 +26,29 @@ from test_formats import (BINARY_PRESETS, MODES, MpfrOracle, assert_bits_equal, 
                           values_in_binades)
 
 OPS = ["add", "sub", "mul", "div", "sqrt"]
-N_PRESET = 2 * 10**5      # per preset and op (default run)
+N_PRESET = 10**6          # operand pairs per preset and op (default run)
+N_PRESET_SLOW = 10**7     # per preset and op (-m slow)
 N_MODE = 10**5            # per mode and op on bfloat16
 N_WIDE_P = 15000          # per precision, mode and op for p = 26..51
-SLOW = 10                 # the slow sweeps use SLOW× as many values
+SLOW = 10                 # the other slow sweeps use SLOW× as many values
+OP_CHUNK = 2 * 10**6      # operand pairs generated and checked at a time (bounded memory)
 
 
 # ---------------------------------------------------------------------------------------------
 # Operands
 # ---------------------------------------------------------------------------------------------
 def exact_mask(fmt: Format, x) -> np.ndarray:
-    """Which entries are format values (finite, within ±max), decided with MPFR."""
+    """Which entries are values of ``FLT(p, emin)`` within ±max, decided without nfbound:
+    ``x = s·2^c`` with ``c = max(mag(x) − p, emin)`` and ``s`` an integer. ``s = ldexp(x, −c)``
+    is exact: for ``emin ≤ 0`` it scales down only to ``[2^(p−1), 2^p)`` (``c = mag − p``,
+    ``p ≤ 53``), otherwise it scales up."""
+    assert fmt.emin <= 0
     x = np.asarray(x, dtype=np.float64)
-    r = MpfrOracle(fmt.precision, fmt.emin, None, "nearest_even", "none").round(x)
-    with np.errstate(invalid="ignore"):
-        return (r == x) & (np.abs(x) <= float(fmt.max_finite))
+    finite = np.isfinite(x)
+    xf = np.where(finite, x, 0.0)
+    c = np.maximum(np.frexp(xf)[1] - fmt.precision, fmt.emin)
+    s = np.ldexp(xf, -c)
+    return finite & (s == np.rint(s)) & (np.abs(xf) <= float(fmt.max_finite))
 
 
 def _split(n: int, parts: int) -> int:
@@ -50,7 +60,8 @@ def _signs(rng, n):
 
 
 def operands(fmt: Format, op: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """About ``n`` operand pairs of format values for ``op`` (``b`` unused for sqrt)."""
+    """At least ``n`` operand pairs of format values for ``op`` (``b`` unused for sqrt): the
+    adversarial sets, topped up with random values over every binade."""
     rng = np.random.default_rng(seed)
     p, emin, top = fmt.precision, fmt.emin, top_binade(fmt)
     mx = float(fmt.max_finite)
@@ -79,6 +90,14 @@ def operands(fmt: Format, op: str, n: int, seed: int) -> tuple[np.ndarray, np.nd
     sa, sb = np.meshgrid(specials, specials)
     A.append(sa.ravel())
     B.append(sb.ravel())
+    rest = n - sum(x.size for x in A)
+    if rest > 0:
+        if op == "sqrt":
+            A.append(np.abs(format_values(fmt, rest, rng)))
+            B.append(A[-1])
+        else:
+            A.append(format_values(fmt, rest, rng))
+            B.append(format_values(fmt, rest, rng))
     return np.concatenate(A), np.concatenate(B)
 
 
@@ -212,21 +231,26 @@ def _sqrt_cases(fmt, n, rng):
 # Checks
 # ---------------------------------------------------------------------------------------------
 def check_op(fmt: Format, op: str, n: int, seed: int) -> None:
-    with np.errstate(over="ignore"):
-        a, b = operands(fmt, op, n, seed)
-    assert exact_mask(fmt, a).all() and exact_mask(fmt, b).all()
-    assert fmt.is_representable(a).all() and fmt.is_representable(b).all()
+    """``op`` on ≥ ``n`` operand pairs (in chunks of ``OP_CHUNK``) equals MPFR bit for bit."""
     oracle = MpfrOracle.of(fmt)
-    if op == "sqrt":
-        got, want = fmt.sqrt(a), oracle.op("sqrt", a)
-        assert_bits_equal(got, want, a, label=f"sqrt in {fmt}")
-    else:
-        got, want = getattr(fmt, op)(a, b), oracle.op(op, a, b)
-        assert_bits_equal(got, want, a, b, label=f"{op} in {fmt}")
+    checked = 0
+    for i, start in enumerate(range(0, n, OP_CHUNK)):
+        with np.errstate(over="ignore"):
+            a, b = operands(fmt, op, min(OP_CHUNK, n - start), seed + 1000 * i)
+        assert exact_mask(fmt, a).all() and exact_mask(fmt, b).all()
+        assert fmt.is_representable(a).all() and fmt.is_representable(b).all()
+        if op == "sqrt":
+            got, want = fmt.sqrt(a), oracle.op("sqrt", a)
+            assert_bits_equal(got, want, a, label=f"sqrt in {fmt}")
+        else:
+            got, want = getattr(fmt, op)(a, b), oracle.op(op, a, b)
+            assert_bits_equal(got, want, a, b, label=f"{op} in {fmt}")
+        checked += a.size
+    assert checked >= n
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("name", BINARY_PRESETS + ["binary64"])
+@pytest.mark.parametrize("name", BINARY_PRESETS)
 def test_ops_match_mpfr(name, op):
     check_op(get(name), op, N_PRESET, seed=21)
 
@@ -251,7 +275,10 @@ def test_ops_residual_path_match_mpfr(p, mode, op):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("spec", ["flt:p=53,emin=-1074,emax=1024,rounding=away",
                                   "flt:p=52,emin=-1074,emax=1024,rounding=down",
-                                  "flt:p=11,emin=-600,emax=600,rounding=up"])
+                                  "flt:p=11,emin=-600,emax=600,rounding=up",
+                                  "flt:p=53,emin=-1074,emax=500",
+                                  "flt:p=53,emin=-1000,emax=500,rounding=zero",
+                                  "flt:p=53,emin=-1074,emax=500,overflow=saturate"])
 def test_ops_reference_path_match_mpfr(spec, op):
     fmt = get(spec)
     assert fmt.fits_binary64 and not fmt.fast_ops      # float64 in and out, exact engine
@@ -277,9 +304,9 @@ def test_ops_reference_engine_matches_fast(spec, op):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("name", BINARY_PRESETS + ["binary64"])
+@pytest.mark.parametrize("name", BINARY_PRESETS)
 def test_ops_match_mpfr_sweep(name, op):
-    check_op(get(name), op, SLOW * N_PRESET, seed=31)
+    check_op(get(name), op, N_PRESET_SLOW, seed=31)
 
 
 @pytest.mark.slow

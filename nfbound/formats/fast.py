@@ -16,9 +16,9 @@ the correct one-step rounding of the exact value for every mode and every ``p �
 format is round-to-nearest with ``p ≤ 25`` the residual is not needed: binary64 double rounding
 is innocuous there (Figueroa 1995; Flocq ``Double_rounding``: ``2p + 2 ≤ 53``).
 
-Preconditions (checked by :func:`fits`): radix 2, ``p ≤ 51`` (or binary64 itself), and a range
-well inside binary64's (``emin ≥ −480`` and largest finite ``≤ 2^480``) so that the residuals are
-exact (no underflow in TwoProduct, no overflow in TwoSum).
+Preconditions of the operations (checked by ``Format.fast_ops``): radix 2, ``p ≤ 51`` (or
+binary64 itself), and a range well inside binary64's (``emin ≥ −480`` and largest finite
+``≤ 2^480``) so that the residuals are exact (no underflow in TwoProduct, no overflow in TwoSum).
 """
 from __future__ import annotations
 
@@ -90,6 +90,9 @@ def _round_up(odd, below, half_cmp, inexact, negative, rounding):
 
 @_jit
 def _overflow(y, negative, max_finite, rounding, overflow):
+    """The signed result for the magnitude ``y = |RN(x)|`` (rounded with unbounded exponent):
+    ``±y`` when ``y ≤ max_finite``, else the overflow rule (IEEE 754 §7.4: ±inf for the
+    nearest modes and away from zero, ±max toward zero; or ±max for saturate, NaN for nan)."""
     if y > max_finite:
         if overflow == OVF_IEEE:
             toward_max = (rounding == TOWARD_ZERO or (rounding == UPWARD and negative)
@@ -120,7 +123,9 @@ def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
         # hot path: normal binary64 input, no residual, ties-to-even
         d = max(53 - p, emin - (E - 1075))
         if d <= 0:
-            return x
+            # the format's quantum is at most binary64's: x is on the grid, and only the
+            # overflow rule can change it
+            return _overflow(_from_bits(a), b < 0, max_finite, rounding, overflow)
         if d <= 52:
             rem = a & ((np.int64(1) << d) - 1)
             half = np.int64(1) << (d - 1)
@@ -149,9 +154,10 @@ def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
         e = E - 1022
     d = max(e - p, emin) - q
     if d <= 0:
-        # the format's quantum is at most binary64's here, so x is representable; a nonzero
-        # residual would need p > 51, which :func:`fits` excludes for operations.
-        return x
+        # the format's quantum is at most binary64's here, so x is on the grid (a nonzero
+        # residual would need p > 51, which ``Format.fast_ops`` excludes); only the
+        # overflow rule can change it
+        return _overflow(_from_bits(a), negative, max_finite, rounding, overflow)
     if d <= 52:
         rem = a & ((np.int64(1) << d) - 1)
         half = np.int64(1) << (d - 1)

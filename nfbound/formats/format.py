@@ -3,16 +3,25 @@
 Runtime values of a format that fits binary64 (radix 2, ``p ≤ 53``, range inside binary64's)
 are held as float64 arrays; values of any other format as object arrays of exact rationals
 (``gmpy2.mpq``, with ``±inf``/``nan`` as Python floats after overflow).
+
+Inputs are rounded once from their exact value. Arrays (or lists, scalars) whose elements all
+convert to binary64 exactly (float16/32/64, bool, integers of magnitude ≤ 2^53) take the
+compiled engine; anything else — Python ints beyond 2^53, ``fractions.Fraction``,
+``decimal.Decimal``, ``gmpy2.mpq``/``mpfr``, ``np.longdouble``, decimal strings, object arrays —
+takes the exact reference engine (never a conversion to float64 first, which would be a
+second rounding).
 """
 from __future__ import annotations
 
+import decimal
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+import gmpy2
 import numpy as np
-from gmpy2 import mpq
+from gmpy2 import mpfr, mpq
 
 from . import fast, reference
 from .exponent import FIX, FLT, FLX, ExponentFunction, _check_int
@@ -42,6 +51,7 @@ class Format:
 
     def __post_init__(self) -> None:
         _check_int("radix", self.radix, minimum=2)
+        object.__setattr__(self, "radix", int(self.radix))
         if not isinstance(self.fexp, ExponentFunction):
             raise ValueError(f"fexp must be an ExponentFunction (FLX, FLT, FIX or custom), got {self.fexp!r}")
         if self.rounding not in ROUNDINGS:
@@ -49,7 +59,10 @@ class Format:
         if self.overflow not in OVERFLOWS:
             raise ValueError(f"overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
         if self.max_finite is not None:
-            M = reference.to_exact(self.max_finite)
+            try:
+                M = None if isinstance(self.max_finite, bool) else reference.to_exact(self.max_finite)
+            except ValueError:
+                M = None
             if not isinstance(M, type(mpq(0))) or M <= 0:
                 raise ValueError(f"max_finite must be a positive finite number, got {self.max_finite!r}")
             if reference.round_rational(M, _unbounded(self)) != M:
@@ -63,18 +76,26 @@ class Format:
     def flt(cls, radix: int = 2, precision: int = 24, emin: int = -149, emax: int | None = None,
             rounding: str = "nearest_even", overflow: str | None = None,
             max_finite: object = None, name: str | None = None) -> "Format":
-        """``FLT(p, emin)``: ``β^emin`` is the smallest subnormal; with ``emax``, values are
-        below ``β^emax`` and the largest finite is ``(β^p − 1)·β^(emax − p)``."""
+        """``FLT(p, emin)``: ``β^emin`` is the smallest subnormal. The overflow threshold is
+        given by ``emax`` (values below ``β^emax``: the largest finite is
+        ``(β^p − 1)·β^(emax − p)``, needs ``emax ≥ emin + p``) or by ``max_finite`` (any
+        representable value, e.g. 448 for fp8 e4m3fn), not both; ``overflow`` defaults to
+        ``"ieee"`` with a threshold and ``"none"`` without. Raises ``ValueError`` naming the
+        offending parameter."""
         _check_int("radix", radix, minimum=2)
+        fexp = FLT(precision, emin)
+        radix, precision, emin = int(radix), fexp.precision, fexp.emin
         if emax is not None:
             _check_int("emax", emax)
+            emax = int(emax)
+            if max_finite is not None:
+                raise ValueError(f"give emax or max_finite, not both (emax={emax}, max_finite={max_finite!r})")
             if emax - precision < emin:
                 raise ValueError(f"emax={emax} must be ≥ emin + precision = {emin + precision}")
-            if max_finite is None:
-                max_finite = (mpq(radix) ** precision - 1) * mpq(radix) ** (emax - precision)
+            max_finite = (mpq(radix) ** precision - 1) * mpq(radix) ** (emax - precision)
         if overflow is None:
             overflow = "ieee" if max_finite is not None else "none"
-        return cls(radix, FLT(precision, emin), rounding, overflow, max_finite, name)
+        return cls(radix, fexp, rounding, overflow, max_finite, name)
 
     @classmethod
     def flx(cls, radix: int = 2, precision: int = 24, rounding: str = "nearest_even",
@@ -85,11 +106,25 @@ class Format:
     @classmethod
     def fix(cls, radix: int = 2, emin: int = -8, rounding: str = "nearest_even",
             max_finite: object = None, overflow: str | None = None,
-            name: str | None = None) -> "Format":
-        """``FIX(emin)``: fixed point with quantum ``β^emin``."""
+            name: str | None = None, *, emax: int | None = None) -> "Format":
+        """``FIX(emin)``: fixed point with quantum ``β^emin``. The overflow threshold is
+        ``max_finite`` (a multiple of ``β^emin``) or ``emax`` (values below ``β^emax``: the
+        largest finite is ``β^emax − β^emin``, needs ``emax > emin``), not both; ``overflow``
+        defaults as for :meth:`flt`."""
+        _check_int("radix", radix, minimum=2)
+        fexp = FIX(emin)
+        radix, emin = int(radix), fexp.emin
+        if emax is not None:
+            _check_int("emax", emax)
+            emax = int(emax)
+            if max_finite is not None:
+                raise ValueError(f"give emax or max_finite, not both (emax={emax}, max_finite={max_finite!r})")
+            if emax <= emin:
+                raise ValueError(f"emax={emax} must be > emin = {emin}")
+            max_finite = mpq(radix) ** emax - mpq(radix) ** emin
         if overflow is None:
             overflow = "ieee" if max_finite is not None else "none"
-        return cls(radix, FIX(emin), rounding, overflow, max_finite, name)
+        return cls(radix, fexp, rounding, overflow, max_finite, name)
 
     # -- constants --------------------------------------------------------------------------
     @property
@@ -191,16 +226,19 @@ class Format:
 
     # -- rounding ---------------------------------------------------------------------------
     def round(self, x, out: np.ndarray | None = None) -> np.ndarray:
-        """Round every element of ``x`` once to the format.
+        """Round every element of ``x`` once, from its exact value, to the format.
 
-        float64 in, float64 out for formats that fit binary64 (compiled engine); otherwise an
-        object array of exact ``mpq`` values (reference engine). NaN stays NaN and ±inf stays
-        ±inf (then the overflow rule applies, as for any value beyond the largest finite).
+        ``x`` is an array, a list or a scalar of any real numbers (see the module doc: inputs
+        that are not exactly binary64 values are rounded by the exact engine, never converted
+        to float64 first). For formats that fit binary64 the result is a float64 array
+        (compiled engine for binary64-exact inputs); otherwise an object array of exact
+        ``mpq`` values (reference engine). NaN stays NaN and ±inf stays ±inf (then the
+        overflow rule applies, as for any value beyond the largest finite).
         ``out`` (compiled engine only): a C-contiguous float64 array of ``x``'s shape, not
         overlapping ``x``, that receives the result (no allocation).
         """
-        if self.fits_binary64 and not _is_object(x):
-            a = np.asarray(x, dtype=np.float64)
+        a = _as_binary64(x) if self.fits_binary64 else None
+        if a is not None:
             p, emin, mx, rnd, ovf, _ = self.kernel_params
             if out is not None and (not isinstance(out, np.ndarray) or out.shape != a.shape):
                 raise ValueError(f"out must be a float64 array of shape {a.shape}")
@@ -208,14 +246,14 @@ class Format:
                                    out=out)
             return self._no_inf(res.reshape(a.shape) if out is None else out)
         if out is not None:
-            raise ValueError(f"out= needs float64 input and a format that fits binary64 ({self})")
-        out = _map(lambda v: _round_exact_value(v, self), x)
+            raise ValueError(f"out= needs binary64 input and a format that fits binary64 ({self})")
+        res = _map(lambda v: _round_exact_value(v, self), x)
         if not self.fits_binary64:
-            return out
+            return res
         # exact zeros carry no sign: a result rounded to 0 has the sign of its input
-        out = _to_float_array(out)
+        res = _to_float_array(res)
         neg = _map(_is_negative, x).astype(bool)
-        return np.where(out == 0, np.where(neg, -0.0, 0.0), out)
+        return np.where(res == 0, np.where(neg, -0.0, 0.0), res)
 
     def _no_inf(self, out: np.ndarray) -> np.ndarray:
         """Infinite float64 results (infinite inputs, division by zero) in a format without
@@ -228,20 +266,27 @@ class Format:
         return out
 
     def _op(self, name: str, a, b=None):
-        if self.fits_binary64 and not _is_object(a) and (b is None or not _is_object(b)):
+        """``RN(a name b)`` (``RN(√a)`` when ``b`` is None), one rounding of the exact result.
+
+        For a format that fits binary64 and operands that are all binary64 values: float64
+        out, from the compiled kernel (``fast_ops``) or the exact engine. Otherwise (exact
+        operands such as ``mpq``, big ints, ``Fraction``, or a format beyond binary64): the
+        exact engine, object array out (``mpq``, or ``±inf``/``nan`` floats).
+        """
+        fa = _as_binary64(a) if self.fits_binary64 else None
+        fb = None if b is None or fa is None else _as_binary64(b)
+        if fa is not None and (b is None or fb is not None):
             if self.fast_ops:
-                a = np.asarray(a, dtype=np.float64)
-                b = a if b is None else np.asarray(b, dtype=np.float64)
-                a, b = np.broadcast_arrays(a, b)
-                shape = a.shape
-                a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+                fa, fb = np.broadcast_arrays(fa, fa if fb is None else fb)
+                shape = fa.shape
+                fa, fb = np.ascontiguousarray(fa).reshape(-1), np.ascontiguousarray(fb).reshape(-1)
                 with np.errstate(all="ignore"):
-                    out = fast.op_array(fast.OPS[name], a, b, *self.kernel_params)
+                    out = fast.op_array(fast.OPS[name], fa, fb, *self.kernel_params)
                 return self._no_inf(out.reshape(shape))
             out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
                                                      None if t is None else reference.to_exact(t)),
-                        a, b)
-            return self._no_inf(_signed_zeros(_to_float_array(out), name, a, b, self.rounding))
+                        fa, fb)
+            return self._no_inf(_signed_zeros(_to_float_array(out), name, fa, fb, self.rounding))
         out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
                                                  None if t is None else reference.to_exact(t)),
                     a, b)
@@ -250,38 +295,42 @@ class Format:
         return out
 
     def add(self, a, b):
-        """``RN(a + b)`` elementwise (one rounding of the exact sum)."""
+        """``RN(a + b)`` elementwise (one rounding of the exact sum); types as in :meth:`_op`."""
         return self._op("add", a, b)
 
     def sub(self, a, b):
-        """``RN(a − b)`` elementwise."""
+        """``RN(a − b)`` elementwise; types as in :meth:`_op`."""
         return self._op("sub", a, b)
 
     def mul(self, a, b):
-        """``RN(a · b)`` elementwise."""
+        """``RN(a · b)`` elementwise; types as in :meth:`_op`."""
         return self._op("mul", a, b)
 
     def div(self, a, b):
-        """``RN(a / b)`` elementwise (``x/0`` follows IEEE: ±inf, ``0/0`` is NaN)."""
+        """``RN(a / b)`` elementwise (``x/0`` follows IEEE: ±inf, ``0/0`` is NaN); types as
+        in :meth:`_op`."""
         return self._op("div", a, b)
 
     def sqrt(self, a):
-        """``RN(√a)`` elementwise (NaN for ``a < 0``)."""
+        """``RN(√a)`` elementwise (NaN for ``a < 0``); types as in :meth:`_op`."""
         return self._op("sqrt", a)
 
     # -- the grid -----------------------------------------------------------------------------
     def mag(self, x) -> np.ndarray:
-        """``mag(x) = e`` with ``β^(e−1) ≤ |x| < β^e`` (int64; 0 where x = 0)."""
-        if self.radix == 2 and not _is_object(x):
-            a = np.asarray(x, dtype=np.float64)
+        """``mag(x) = e`` with ``β^(e−1) ≤ |x| < β^e`` (int64; 0 where x = 0 or x is not
+        finite), from the exact value of ``x``."""
+        a = _as_binary64(x) if self.radix == 2 else None
+        if a is not None:
             return np.where(a == 0, 0, np.frexp(a)[1]).astype(np.int64)
-        return _map(lambda v: 0 if v == 0 else reference.mag(reference.to_exact(v), self.radix),
-                    x).astype(np.int64)
+
+        def one(v):
+            e = reference.to_exact(v)
+            return 0 if isinstance(e, float) or e == 0 else reference.mag(e, self.radix)
+        return _map(one, x).astype(np.int64)
 
     def cexp(self, x) -> np.ndarray:
         """Canonical exponent ``fexp(mag(x))``; for ``x = 0``, ``emin`` (the finest quantum)."""
         m = self.mag(x)
-        xs = np.asarray(x)
         if self.fexp.kind == "FLT":
             c = np.maximum(m - self.precision, self.emin)
         elif self.fexp.kind == "FIX":
@@ -289,7 +338,10 @@ class Format:
         else:
             c = np.vectorize(self.fexp, otypes=[np.int64])(m)
         if self.emin is not None:
-            c = np.where(xs == 0, self.emin, c)
+            a = _as_binary64(x)
+            zero = a == 0 if a is not None else \
+                _map(lambda v: reference.to_exact(v) == 0, x).astype(bool)
+            c = np.where(zero, self.emin, c)
         return c
 
     def ulp(self, x) -> np.ndarray:
@@ -308,8 +360,8 @@ class Format:
                 return False
             return e == 0 or (reference.round_rational(e, _unbounded(self)) == e
                               and (self.max_finite is None or abs(e) <= self.max_finite))
-        if self.fits_binary64 and not _is_object(x):
-            a = np.asarray(x, dtype=np.float64)
+        a = _as_binary64(x) if self.fits_binary64 else None
+        if a is not None:
             p, emin, mx, _, _, _ = self.kernel_params
             with np.errstate(invalid="ignore"):
                 r = fast.round_array(np.ascontiguousarray(a).reshape(-1), p, emin, np.inf, 2, 0)
@@ -323,7 +375,9 @@ class Format:
 
     @property
     def spec(self) -> str:
-        """The format as a spec string that :func:`nfbound.formats.parse` reads back."""
+        """The format as a spec string that :func:`nfbound.formats.get` reads back (FLX, FLT
+        and FIX formats; a custom exponent function has no spec syntax, its ``custom:…``
+        string is for display only)."""
         parts = [f"radix={self.radix}"]
         if self.precision is not None:
             parts.append(f"p={self.precision}")
@@ -352,10 +406,17 @@ def _round_exact_value(v, fmt: Format):
 
 
 def _is_negative(v) -> bool:
-    """Sign bit of a float (so ``-0.0`` is negative), sign of an exact rational."""
+    """Sign of an input value, including the sign of a zero that has one (``-0.0``,
+    ``Decimal("-0")``, ``mpfr("-0")``, ``"-0"``); exact zeros (ints, rationals) are positive."""
     if isinstance(v, (float, np.floating)):
-        return math.copysign(1.0, v) < 0
-    return v < 0
+        return math.copysign(1.0, float(v)) < 0
+    if isinstance(v, decimal.Decimal):
+        return v.is_signed()
+    if isinstance(v, type(mpfr(0))):
+        return gmpy2.is_signed(v)
+    if isinstance(v, (str, np.str_)):
+        return v.strip().startswith("-")
+    return reference.to_exact(v) < 0
 
 
 def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray:
@@ -388,8 +449,29 @@ def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray
     return np.where(out == 0, np.copysign(0.0, z), out)
 
 
-def _is_object(x) -> bool:
-    return isinstance(x, np.ndarray) and x.dtype == object
+#: Integers of at most this magnitude are binary64 values.
+_INT_EXACT = 2 ** 53
+
+
+def _as_binary64(x) -> np.ndarray | None:
+    """``x`` as a float64 array when every element is exactly a binary64 value of that
+    kind: float16/32/64, bool, or integers of magnitude ≤ 2^53 (converted exactly); ``None``
+    when some element needs the exact engine (object arrays and what NumPy makes object of:
+    ``mpq``, ``Fraction``, ``Decimal``, ``mpfr``, ints beyond int64; larger int64/uint64 values,
+    ``np.longdouble``, strings). Raises ``ValueError`` for complex or non-numeric dtypes."""
+    if isinstance(x, np.ndarray) and x.dtype == np.float64:
+        return x
+    a = np.asarray(x)
+    kind = a.dtype.kind
+    if kind == "b" or (kind == "f" and a.dtype.itemsize <= 8):
+        return a.astype(np.float64, copy=False)
+    if kind in "iu":
+        if a.size == 0 or (int(a.max()) <= _INT_EXACT and int(a.min()) >= -_INT_EXACT):
+            return a.astype(np.float64)
+        return None
+    if kind in "OfUS":
+        return None
+    raise ValueError(f"x must hold real numbers, got an array of dtype {a.dtype}")
 
 
 def _map(f: Callable, x) -> np.ndarray:

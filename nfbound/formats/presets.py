@@ -2,9 +2,13 @@
 
 Spec strings: ``KIND:key=value,...`` with ``KIND`` one of ``flt``, ``flx``, ``fix`` and keys
 ``radix`` (default 2), ``p`` (precision), ``emin`` (exponent of the smallest subnormal /
-quantum), ``emax`` (values below ``radix^emax``, largest finite ``(β^p − 1)·β^(emax − p)``) or
-``max`` (largest finite, an integer or ``n/d``), ``rounding`` (``even``, ``away``, ``zero``,
-``up``, ``down`` or the full names) and ``overflow`` (``ieee``, ``saturate``, ``nan``, ``none``).
+quantum), ``emax`` (values below ``radix^emax``: largest finite ``(β^p − 1)·β^(emax − p)`` for
+flt, ``β^emax − β^emin`` for fix) or ``max`` (largest finite, an integer or ``n/d``; not both),
+``rounding`` (``even``, ``away``, ``zero``, ``up``, ``down`` or the full names) and ``overflow``
+(``ieee``, ``saturate``, ``nan``, ``none``). ``flt`` needs ``p`` and ``emin``; ``fix`` needs
+``emin`` and takes no ``p``; ``flx`` needs ``p`` and takes no ``emin``, ``emax``, ``max`` (its
+exponents are unbounded; ``overflow`` can only be ``none``). A key a kind does not take is an
+error, never ignored.
 Example: ``flt:p=7,emin=-20,emax=15`` or ``flt:radix=10,p=4,emin=-20,emax=10,rounding=away``.
 A preset name followed by options overrides them: ``float8_e4m3fn:overflow=saturate``.
 """
@@ -109,20 +113,33 @@ def _max(opts: dict[str, str], text: str):
         raise ValueError(f"malformed format spec {text!r}: max must be an integer or n/d, got {opts['max']!r}") from None
 
 
+#: Keys each kind of spec string takes (``radix`` and ``rounding`` are common to all).
+_KIND_KEYS = {"flt": {"p", "emin", "emax", "max", "overflow"},
+              "fix": {"emin", "emax", "max", "overflow"},
+              "flx": {"p", "overflow"}}
+
+
 def _parse(kind: str, options: str, text: str) -> Format:
     opts = _options(options, text)
-    radix = _int(opts, "radix", text) or 2
+    extra = sorted(set(opts) - _KIND_KEYS[kind] - {"radix", "rounding"})
+    if extra:
+        raise ValueError(f"malformed format spec {text!r}: {kind} takes no {', '.join(extra)}")
+    radix = _int(opts, "radix", text)
+    radix = 2 if radix is None else radix
     p, emin, emax = _int(opts, "p", text), _int(opts, "emin", text), _int(opts, "emax", text)
     rounding, overflow, mx = _rounding(opts, text), opts.get("overflow"), _max(opts, text)
     if kind == "flx":
         if p is None:
             raise ValueError(f"malformed format spec {text!r}: flx needs p")
+        if overflow not in (None, "none"):
+            raise ValueError(f"malformed format spec {text!r}: flx has no overflow threshold, "
+                             f"so overflow must be none, got {overflow!r}")
         return Format.flx(radix, p, rounding, name=None)
+    if emin is None:
+        raise ValueError(f"malformed format spec {text!r}: {kind} needs emin")
     if kind == "fix":
-        if emin is None:
-            raise ValueError(f"malformed format spec {text!r}: fix needs emin")
-        return Format.fix(radix, emin, rounding, max_finite=mx, overflow=overflow)
-    if p is None or emin is None:
+        return Format.fix(radix, emin, rounding, max_finite=mx, overflow=overflow, emax=emax)
+    if p is None:
         raise ValueError(f"malformed format spec {text!r}: flt needs p and emin")
     return Format.flt(radix, p, emin, emax, rounding, overflow, max_finite=mx)
 

@@ -8,16 +8,20 @@ overflow rule. This engine is slow (microseconds per value) and is the judge of 
 """
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 from typing import TYPE_CHECKING
 
 import gmpy2
-from gmpy2 import mpq, mpz
+import numpy as np
+from gmpy2 import mpfr, mpq, mpz
 
 if TYPE_CHECKING:
     from .format import Format
 
 Exact = "mpq | float"  # a runtime scalar: an exact rational, or ±inf / nan after overflow
+_MPZ, _MPQ, _MPFR = type(mpz(0)), type(mpq(0)), type(mpfr(0))
 
 
 def mag(x: mpq, radix: int) -> int:
@@ -124,14 +128,37 @@ def _sign(q: mpq) -> int:
 
 
 def to_exact(x: object) -> Exact:
-    """A finite float/int/rational as an exact ``mpq``; ``±inf``/``nan`` stay Python floats."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return x
-    if isinstance(x, (float, int)) or type(x) is type(mpz(0)) or type(x) is type(mpq(0)):
+    """The exact value of a real number as an ``mpq``; ``±inf``/``nan`` as Python floats.
+
+    Accepts Python and NumPy ints and floats (``np.longdouble`` too), ``gmpy2`` ``mpz``/``mpq``/
+    ``mpfr``, any ``numbers.Rational`` (``fractions.Fraction``), ``decimal.Decimal`` and
+    decimal or ``n/d`` strings (and 0-d arrays of these), each converted without rounding.
+    Raises ``ValueError`` for anything else (e.g. complex numbers).
+    """
+    if isinstance(x, (float, np.floating)):
+        # np.isfinite: a finite np.longdouble may lie beyond binary64's range
+        return mpq(*x.as_integer_ratio()) if np.isfinite(x) else float(x)
+    if isinstance(x, (int, np.integer, np.bool_)):
+        return mpq(int(x))
+    if isinstance(x, (_MPZ, _MPQ)):
         return mpq(x)
-    if hasattr(x, "item"):
-        return to_exact(x.item())
-    return mpq(x)
+    if isinstance(x, _MPFR):
+        return mpq(x) if gmpy2.is_finite(x) else float(x)
+    if isinstance(x, decimal.Decimal):
+        return mpq(x) if x.is_finite() else float(x)
+    if isinstance(x, numbers.Rational):
+        return mpq(int(x.numerator), int(x.denominator))
+    if isinstance(x, (str, np.str_)):
+        try:
+            return mpq(str(x).strip())
+        except ValueError:
+            f = float(x)          # "inf", "-inf", "nan"; a malformed string raises ValueError
+            if math.isfinite(f):
+                raise ValueError(f"cannot read {x!r} as an exact number") from None
+            return f
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        return to_exact(x[()])
+    raise ValueError(f"expected a real number, got {x!r} of type {type(x).__name__}")
 
 
 def apply(op: str, fmt: "Format", a: Exact, b: Exact | None = None) -> Exact:
@@ -143,7 +170,6 @@ def apply(op: str, fmt: "Format", a: Exact, b: Exact | None = None) -> Exact:
     if not _finite(a) or (b is not None and not _finite(b)):
         fa, fb = _proxy(a), (None if b is None else _proxy(b))
         with _np_quiet():
-            import numpy as np
             r = {"add": lambda: np.float64(fa) + fb, "sub": lambda: np.float64(fa) - fb,
                  "mul": lambda: np.float64(fa) * fb, "div": lambda: np.float64(fa) / fb,
                  "sqrt": lambda: np.sqrt(np.float64(fa))}[op]()
@@ -177,9 +203,7 @@ def _finite(v: Exact) -> bool:
 
 class _np_quiet:
     def __enter__(self):
-        import numpy as np
         self._old = np.seterr(all="ignore")
 
     def __exit__(self, *exc):
-        import numpy as np
         np.seterr(**self._old)
