@@ -1,6 +1,6 @@
 """Tightness of the dot-product and MLP bounds: nfbound's rules vs TorchLean's.
 
-For each format (bfloat16, binary16, float8_e4m3fn, binary32):
+For each format (bfloat16, binary16, float8_e4m3fn, float8_e5m2, binary32):
 
 * dot products of length n ∈ {16, 64, 256, 1024, 4096} with N(0, 1) inputs;
 * an MLP 784-128-10 with ReLU and random (He-initialised) weights on a batch of inputs in
@@ -38,7 +38,7 @@ from nfbound import formats  # noqa: E402
 from nfbound.bounds.upward import add_up, exact_array_up, mul_up  # noqa: E402
 from nfbound.ops import linalg  # noqa: E402
 
-FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "binary32"]
+FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2", "binary32"]
 LENGTHS = [16, 64, 256, 1024, 4096]
 
 _to_mpq = np.frompyfunc(mpq, 1, 1)

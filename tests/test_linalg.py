@@ -1,9 +1,11 @@
 """dot, matvec, matmul, linear: spec vs PyTorch float64, runtime vs a scalar replay with the
 reference engine, fused kernel vs generic path, enclosure (forward and VJP) on every preset,
-adversarial inputs, order-free bounds vs every order and vs NumPy/BLAS, shape errors."""
+adversarial inputs, order-free bounds vs every order, vs NumPy/BLAS and PyTorch float32 and vs
+evaluations adding linear's bias anywhere, shape errors and off-grid runtime values."""
 from __future__ import annotations
 
 import itertools
+import zlib
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from nfbound import formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats import reference
+from nfbound.ops import checks
 from nfbound.ops import linalg as L
 from nfbound.ops.accumulate import accumulate
 from nfbound.ops.interval import Interval
@@ -29,6 +32,11 @@ ORDERS = ["sequential", "reversed", "pairwise", "blocked:3"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def seed_of(key) -> int:
+    """A seed that is the same in every process (``hash`` of a str is salted per process)."""
+    return zlib.crc32(repr(key).encode())
+
+
 def runtime_and_eps(fmt, data):
     """Runtime = data rounded to the format, spec = the exact float64 data, eps = |r − data|
     rounded upward."""
@@ -152,8 +160,7 @@ def test_linear_spec_and_vjp_spec_match_torch_float64(lead, with_bias):
 
 
 # -- runtime: bit-exact against a scalar replay ---------------------------------------------------
-@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e4m3fn", "binary16", "decimal32",
-                                      "flt:p=7,emin=-20,emax=15,rounding=down"])
+@pytest.mark.parametrize("fmt_name", formats.names() + ["flt:p=7,emin=-20,emax=15,rounding=down"])
 @pytest.mark.parametrize("order", ORDERS)
 def test_matmul_runtime_equals_scalar_replay(fmt_name, order):
     fmt = formats.get(fmt_name)
@@ -163,7 +170,7 @@ def test_matmul_runtime_equals_scalar_replay(fmt_name, order):
     assert same(L.matmul_runtime(fmt, A, B, order=order), ref_matmul(fmt, A, B, order))
 
 
-@pytest.mark.parametrize("fmt_name", ["bfloat16", "decimal32"])
+@pytest.mark.parametrize("fmt_name", formats.names())
 def test_linear_and_its_vjp_equal_scalar_replay(fmt_name):
     """Bias last; d_weight and d_bias sum over (batch, row) in row-major order."""
     fmt = formats.get(fmt_name)
@@ -443,6 +450,167 @@ def test_order_free_bound_encloses_numpy_blas_float32(n):
     # different order) — the order-free bound is what covers it
     if n >= 256:
         assert (blas != L.matmul_runtime(fmt, A, B)).any()
+
+
+def _rn(fmt, q):
+    return reference.round_rational(mpq(q), fmt)
+
+
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "binary16", "float8_e5m2", "binary32",
+                                      "decimal32", "decimal64"])
+def test_order_free_linear_covers_the_bias_anywhere(fmt_name):
+    """Order-free linear: the bias is one more term, so the bound covers evaluations that add it
+    first (BLAS ``gemm`` with ``β = 1``), inside an FMA chain, or at a random place of a random
+    tree — reference engine, exact spec, nonzero input errors — besides every nfbound order."""
+    fmt = formats.get(fmt_name)
+    rng = np.random.default_rng(seed_of(fmt_name))
+    n = 4 if fmt.precision < 8 else 9       # e5m2: γ_N finite for N = n + 2 < 8
+    x, ex, xs = runtime_and_eps(fmt, rng.standard_normal((3, n)))
+    W, eW, Ws = runtime_and_eps(fmt, rng.standard_normal((4, n)))
+    b, eb, bs = runtime_and_eps(fmt, rng.standard_normal(4) * 4)
+    y, bound = L.linear_error(fmt, x, ex, W, eW, b, eb, order_free=True)
+    assert np.isfinite(bound).all()
+    spec = L.linear_spec(xs, Ws, bs)
+    for order in ORDERS:
+        out = L.linear_runtime(fmt, x, W, b, order=order)
+        assert spec.encloses(out, bound).all(), order
+        assert spec.encloses(out, L.linear_error(fmt, x, ex, W, eW, b, eb, order)[1]).all()
+    xo, Wo, bo = (np.asarray(v, dtype=object) for v in (x, W, b))
+    differ = False
+    for how in ("bias first", "fma", "tree"):
+        got = np.empty((3, 4), dtype=object)
+        for r, o in np.ndindex(3, 4):
+            prods = [mpq(xo[r, j]) * mpq(Wo[o, j]) for j in rng.permutation(n)]
+            if how == "tree":
+                items = [_rn(fmt, p) for p in prods] + [bo[o]]
+                while len(items) > 1:
+                    i, j = sorted(rng.choice(len(items), 2, replace=False))
+                    v = items.pop(j)
+                    items.append(_rn(fmt, mpq(items.pop(i)) + mpq(v)))
+                got[r, o] = items[0]
+                continue
+            s = bo[o]
+            for p in prods:
+                s = _rn(fmt, mpq(s) + (p if how == "fma" else mpq(_rn(fmt, p))))
+            got[r, o] = s
+        assert spec.encloses(got, bound).all(), how
+        differ |= not same(got, y)
+    assert differ
+
+
+def test_order_free_linear_bias_is_a_term_not_a_last_addition():
+    """bfloat16, bias 1 added first, then four products 0.75·ulp(1): each addition rounds up by
+    ulp/4, an error of ulp(1) = 2^−7 — more than the order-free bound of the products' sum plus
+    one bias rounding (ulp/2) allows; the bound with the bias as a fifth term covers it."""
+    fmt = formats.get("bfloat16")
+    x, W, b = np.ones((1, 4)), np.full((1, 4), 3 * 2.0 ** -9), np.array([1.0])
+    s = mpq(1)
+    for _ in range(4):
+        s = _rn(fmt, s + mpq(3 * 2.0 ** -9))
+    err = abs(s - (1 + mpq(12 * 2.0 ** -9)))
+    assert err == mpq(2) ** -7
+    sum_only = L.linear_error(fmt, x, 0.0, W, 0.0, order_free=True)[1][0, 0]
+    assert err > mpq(sum_only) + mpq(2) ** -8
+    bound = L.linear_error(fmt, x, 0.0, W, 0.0, b, 0.0, order_free=True)[1]
+    spec = L.linear_spec(Interval.exact(x), Interval.exact(W), Interval.exact(b))
+    assert spec.encloses(np.array([[s]], dtype=object), bound).all()
+
+
+@pytest.mark.parametrize("n", [16, 512])
+def test_order_free_linear_encloses_torch_float32(n):
+    """``torch.nn.functional.linear`` in float32 (``addmm``: MKL sgemm from the bias, any order,
+    FMA) and its gradients lie within the binary32 order-free bounds."""
+    fmt = formats.get("binary32")
+    rng = np.random.default_rng(n)
+    x, ex, xs = runtime_and_eps(fmt, rng.standard_normal((5, n)))
+    W, eW, Ws = runtime_and_eps(fmt, rng.standard_normal((7, n)) / np.sqrt(n))
+    b, eb, bs = runtime_and_eps(fmt, rng.standard_normal(7))
+    g, eg, gs = runtime_and_eps(fmt, rng.standard_normal((5, 7)))
+    X, Wt, B = (torch.tensor(np.asarray(v, dtype=np.float32), requires_grad=True)
+                for v in (x, W, b))
+    Y = torch.nn.functional.linear(X, Wt, B)
+    tg = torch.autograd.grad(Y, (X, Wt, B), torch.tensor(np.asarray(g, dtype=np.float32)))
+    torch_out = [t.detach().numpy().astype(np.float64) for t in (Y, *tg)]
+    params = {"order_free": True}
+    bounds = [L.linear.bound(fmt, (x, W, b), (ex, eW, eb), **params)] + \
+        list(L.linear.vjp_bound(fmt, (x, W, b), (ex, eW, eb), g, eg, **params))
+    specs = [L.linear.spec(xs, Ws, bs)] + list(L.linear.vjp_spec((xs, Ws, bs), gs))
+    for t, s, e in zip(torch_out, specs, bounds):
+        assert s.encloses(t, e).all()
+    if n >= 512:
+        assert not same(torch_out[0], L.linear.runtime(fmt, x, W, b))
+
+
+# -- runtime values must be format values -----------------------------------------------------
+LINALG_CASES = {"dot": (L.dot, [(5,), (5,)], ("x", "y")),
+                "matvec": (L.matvec, [(3, 5), (5,)], ("A", "x")),
+                "matmul": (L.matmul, [(2, 3, 5), (5, 2)], ("A", "B")),
+                "linear": (L.linear, [(2, 5), (3, 5), (3,)], ("input", "weight", "bias"))}
+
+
+def _rule_calls(P, fmt, xs, g, params):
+    eps = tuple(np.zeros(np.shape(x)) for x in xs)
+    eg = np.zeros(np.shape(g))
+    calls = [("runtime", lambda xs, g: P.runtime(fmt, *xs, **params)),
+             ("bound", lambda xs, g: P.bound(fmt, xs, eps, **params)),
+             ("vjp_runtime", lambda xs, g: P.vjp_runtime(fmt, xs, g, **params)),
+             ("vjp_bound", lambda xs, g: P.vjp_bound(fmt, xs, eps, g, eg, **params))]
+    if P.fused is not None:
+        calls += [("fused", lambda xs, g: P.fused(fmt, xs, eps, **params)),
+                  ("vjp_fused", lambda xs, g: P.vjp_fused(fmt, xs, eps, g, eg, **params))]
+    return calls
+
+
+def _case(name, fmt):
+    P, shapes, names = LINALG_CASES[name]
+    rng = np.random.default_rng(0)
+    xs = tuple(fmt.round(rng.standard_normal(s)) for s in shapes)
+    g = fmt.round(np.ones(np.shape(P.runtime(fmt, *xs))))
+    return P, xs, g, names
+
+
+@pytest.mark.parametrize("order_free", [False, True])
+@pytest.mark.parametrize("name", sorted(LINALG_CASES))
+def test_off_grid_runtime_values_are_refused(name, order_free):
+    """Every rule refuses runtime operands (and output gradients) that are not values of the
+    format, naming the argument."""
+    fmt = formats.get("bfloat16")
+    P, xs, g, names = _case(name, fmt)
+    params = {"order_free": order_free}
+
+    def off(a):
+        a = np.array(a, dtype=np.float64)
+        a.flat[0] = (float(a.flat[0]) or 1.0) * (1 + 2.0 ** -9)
+        assert not fmt.is_representable(a).all()
+        return a
+    for rule, call in _rule_calls(P, fmt, xs, g, params):
+        call(xs, g)
+        for i, arg in enumerate(names):
+            bad = tuple(off(x) if j == i else x for j, x in enumerate(xs))
+            with pytest.raises(ValueError, match=f"^{arg} holds values that are not bfloat16"):
+                call(bad, g)
+        if rule.startswith("vjp"):
+            with pytest.raises(ValueError, match="^g holds values that are not bfloat16"):
+                call(xs, off(g))
+
+
+def test_each_runtime_value_is_checked_once_per_call(monkeypatch):
+    seen = []
+    real = checks.format_value
+
+    def spy(name, x, fmt):
+        seen.append(name)
+        return real(name, x, fmt)
+    monkeypatch.setattr(checks, "format_value", spy)
+    fmt = formats.get("binary16")
+    for name in LINALG_CASES:
+        P, xs, g, names = _case(name, fmt)
+        for order_free in (False, True):
+            for rule, call in _rule_calls(P, fmt, xs, g, {"order_free": order_free}):
+                seen.clear()
+                call(xs, g)
+                expected = list(names) + (["g"] if rule.startswith("vjp") else [])
+                assert sorted(seen) == sorted(expected), (name, rule, seen)
 
 
 def test_order_free_guard_makes_bound_infinite_near_overflow():

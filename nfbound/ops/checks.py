@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..formats import Format
+
 
 def finite(name: str, x) -> np.ndarray:
     """``x`` as an array; raises if it holds NaN or ±inf (object arrays: non-rational entries)."""
@@ -15,6 +17,25 @@ def finite(name: str, x) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64) if a.dtype.kind in "biuf" else a
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or inf")
+    return a
+
+
+def format_value(name: str, x, fmt: Format) -> np.ndarray:
+    """``x`` as an array of values of ``fmt``; raises if it holds NaN/±inf or a number that is
+    not a value of the format.
+
+    Every runtime rule takes format values: the compiled elementary operations round the exact
+    result of two *format values* once (for p ≤ 25 through one binary64 operation, innocuous
+    only for such operands), so an off-grid operand would be rounded twice and its error missed
+    by the bound. Off-grid data is rounded first, with ``fmt.round``, its representation error
+    becoming the input's ``eps`` (the graphs do this for inputs and parameters).
+    """
+    a = finite(name, x)
+    on_grid = np.asarray(fmt.is_representable(a), dtype=bool)
+    if not on_grid.all():
+        bad = np.asarray(a).reshape(-1)[np.flatnonzero(~on_grid.reshape(-1))[0]]
+        raise ValueError(f"{name} holds values that are not {fmt} values (e.g. {bad}); "
+                         f"round them with the format's round() first")
     return a
 
 

@@ -46,6 +46,32 @@ with ``t̂ = RN(â·ŵ)`` and the mul rule ``ε_t = |â|·ε_w + |ŵ|·ε_a + ε
 Soundness is the triangle inequality applied along the sum: ``|ŝ' − (s + t)| ≤ |ŝ' − (ŝ + t̂)|
 + |ŝ − s| + |t̂ − t|``. All bound arithmetic rounds upward.
 
+Order-free bounds (``order_free=True``; DESIGN.md §4, issue 4): for a conv computed by a
+library whose order is unknown (cuDNN, oneDNN, im2col + BLAS), each of the sums above — forward,
+``gX``, ``gK`` — gets :func:`nfbound.ops.linalg.order_free_dot_bound` over its ``n`` live
+products ``p_j = â_j ŵ_j``: with ``N = n + 1``,
+
+    |ŷ − Σ a w| ≤ γ_N·Σ|p_j| + N·η·(1 + γ_{N−1}) + Σ(|â|ε_w + |ŵ|ε_a + ε_aε_w),
+
+valid for any summation tree, blocking, FMA, or a wider accumulator rounded to the format at the
+end (``γ_N = (1+u)^N − 1`` covers the product's own rounding, the ``n − 1`` additions on its
+path and the final conversion; one ``η`` per rounding involving a product; ``inf`` if some
+rounding could overflow). The forward bias is term ``n + 1`` (the exact product ``b·1``,
+``ε_b`` its error), so a library adding it first, last or as an FMA addend is covered. ``n``
+counts the live terms only: a structural zero (a padding tap, a zero inserted by a dilated
+implementation) enters as an exact 0, and any addition with an all-zero operand subtree is exact,
+so a tree over more leaves has no more inexact roundings on any live term's path. The bias
+gradient ``Σ δ`` gets :func:`nfbound.ops.reduce.order_free_sum_bound` over its ``N·P`` terms.
+The runtime values are still nfbound's own (in ``order``), and the bound covers them too; it
+assumes a library that evaluates the sums of products (not Winograd- or FFT-type algorithms,
+which compute other expressions).
+
+Runtime inputs and output gradients must be values of the format (finite and on its grid:
+:func:`nfbound.ops.checks.format_value`, checked once per call; a ``ValueError`` names the
+argument otherwise): the kernels round exact results of format values, so off-grid data would
+be rounded twice and that error missed by the bounds. Round such data first, its rounding
+error becoming the input's ``eps``.
+
 Engines: for formats with ``fast_ops`` and the sequential order, compiled kernels
 (:mod:`nfbound.ops.conv_kernels`) compute the runtime and the bound in one pass; otherwise a
 NumPy path loops over the reduction steps, vectorised over all outputs, with ``fmt.mul`` /
@@ -62,13 +88,15 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import _saturates, rounding_term
-from ..bounds.upward import add_up
+from ..bounds.upward import add_up, mul_up, sum_up
 from ..formats import Format
 from . import checks, conv_kernels
 from .accumulate import check_order
 from .elementwise import mul_error
 from .interval import Interval
+from .linalg import _finite, order_free_dot_bound
 from .primitive import Primitive, register
+from .reduce import _abs_up, _check_bool, order_free_sum_bound
 
 ENGINES = ("auto", "compiled", "generic")
 
@@ -387,6 +415,80 @@ def _bias_grad_generic(fmt, D, eD, order, with_bound, obj):
     return s, e
 
 
+# == order-free bounds: any summation order, blocking, FMA =====================================
+def _order_free(fmt: Format, S, P, n_terms, out) -> np.ndarray:
+    """:func:`~nfbound.ops.linalg.order_free_dot_bound` of every entry, from ``S ≥ Σ|â ŵ|``,
+    ``P ≥ Σ(|â|ε_w + |ŵ|ε_a + ε_aε_w)`` and the number ``n_terms`` of live terms of its sum
+    (one per row of the index table: the last axis); ``inf`` where the runtime ``out`` is not
+    finite."""
+    n_full = np.broadcast_to(n_terms, S.shape)
+    bound = np.empty(S.shape)
+    for n in np.unique(n_terms):
+        at = n_full == n
+        bound[at] = order_free_dot_bound(fmt, S[at], int(n), P[at])
+    return np.where(_finite(out), bound, np.inf)
+
+
+def _abs_sums_step(S, P, a, ea, w, ew):
+    """One term of ``S += |a||w|`` and ``P += (|a| + ε_a)·ε_w + |w|·ε_a``, rounded upward
+    (``(|a| + ε_a)ε_w + |w|ε_a = |a|ε_w + |w|ε_a + ε_aε_w``, the mul rule's propagated part)."""
+    return add_up(S, mul_up(a, w)), add_up(P, mul_up(add_up(a, ea), ew), mul_up(w, ea))
+
+
+def _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out):
+    """Order-free bound of ``out[n, co, t] = Σ_c Σ_j A[n, c, first[t, j]]·W[c, co,
+    second[t, j]] (+ b[co])`` (the sums of :func:`_gather_reduce`): each sum has ``C·count[t]``
+    live terms, the bias one more (the exact product ``b·1``)."""
+    first, second, count = table
+    N, C = A.shape[:2]
+    Co = W.shape[1]
+    Pn, M = first.shape
+    absA, absW = _abs_up(A), _abs_up(W)
+    S, P = np.zeros((N, Co, Pn)), np.zeros((N, Co, Pn))
+    for j in range(M):
+        live = j < count
+        fi, ki = first[:, j], second[:, j]
+        for c in range(C):
+            a = np.where(live, absA[:, c, fi], 0.0)[:, None, :]
+            ea = np.where(live, eA[:, c, fi], 0.0)[:, None, :]
+            S, P = _abs_sums_step(S, P, a, ea, absW[c][:, ki][None], eW[c][:, ki][None])
+    n_terms = C * count
+    if b is not None:
+        S = add_up(S, _abs_up(b)[None, :, None])
+        P = add_up(P, eb[None, :, None])
+        n_terms = n_terms + 1
+    return _order_free(fmt, S, P, n_terms, out)
+
+
+def _weight_grad_order_free(fmt, X, eX, D, eD, table, out):
+    """Order-free bound of ``g[co, ci, k] = Σ_n Σ_j X[n, ci, first[k, j]]·D[n, co,
+    second[k, j]]`` (the sums of :func:`_weight_grad`; ``N·count[k]`` live terms)."""
+    first, second, count = table
+    N, Ci = X.shape[:2]
+    Co = D.shape[1]
+    K, M = first.shape
+    absX, absD = _abs_up(X), _abs_up(D)
+    S, P = np.zeros((Co, Ci, K)), np.zeros((Co, Ci, K))
+    for j in range(M):
+        live = j < count
+        fi, si = first[:, j], second[:, j]
+        for n in range(N):
+            x = np.where(live, absX[n][:, fi], 0.0)[None]
+            ex = np.where(live, eX[n][:, fi], 0.0)[None]
+            S, P = _abs_sums_step(S, P, x, ex, absD[n][:, si][:, None], eD[n][:, si][:, None])
+    return _order_free(fmt, S, P, N * count, out)
+
+
+def _bias_grad_order_free(fmt, D, eD, out):
+    """:func:`~nfbound.ops.reduce.order_free_sum_bound` of ``g[co] = Σ_{n, o} D[n, co, o]``
+    (``N·P`` terms, format values with errors ``eD``)."""
+    N, Co, Pn = D.shape
+    flat = (lambda a: np.moveaxis(a, 1, 0).reshape(Co, N * Pn))
+    bound = order_free_sum_bound(fmt, sum_up(flat(_abs_up(D)), axis=1), N * Pn,
+                                 sum_up(flat(eD), axis=1))
+    return np.where(_finite(out), bound, np.inf)
+
+
 # == dispatch ==================================================================================
 def _compiled(fmt: Format, order: str, engine: str, arrays) -> bool:
     if engine not in ENGINES:
@@ -413,8 +515,13 @@ def _f64(a) -> np.ndarray:
 _DUMMY3 = np.zeros((1, 1, 1))
 
 
-def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, obj):
-    """``out[n, co, t] = Σ_c Σ_j RN(A[n, c, first]·W[c, co, second]) (+ b[co])`` with bound."""
+def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, obj,
+                   order_free=False):
+    """``out[n, co, t] = Σ_c Σ_j RN(A[n, c, first]·W[c, co, second]) (+ b[co])`` with its
+    replay bound, or its order-free bound (``order_free``)."""
+    if with_bound and order_free:
+        out = _gather_reduce(fmt, A, None, W, None, b, None, table, order, False, engine, obj)[0]
+        return out, _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out)
     if _compiled(fmt, order, engine, (A, W, b)):
         Co = W.shape[1]
         bias = _f64(b) if b is not None else np.zeros(Co)
@@ -427,8 +534,12 @@ def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, o
     return _gather_reduce_generic(fmt, A, eA, W, eW, b, eb, table, order, with_bound, obj)
 
 
-def _weight_grad(fmt, X, eX, D, eD, table, order, with_bound, engine, obj):
-    """``g[co, ci, k] = Σ_n Σ_j RN(X[n, ci, first[k, j]]·D[n, co, second[k, j]])`` with bound."""
+def _weight_grad(fmt, X, eX, D, eD, table, order, with_bound, engine, obj, order_free=False):
+    """``g[co, ci, k] = Σ_n Σ_j RN(X[n, ci, first[k, j]]·D[n, co, second[k, j]])`` with its
+    replay (or order-free) bound."""
+    if with_bound and order_free:
+        out = _weight_grad(fmt, X, None, D, None, table, order, False, engine, obj)[0]
+        return out, _weight_grad_order_free(fmt, X, eX, D, eD, table, out)
     if _compiled(fmt, order, engine, (X, D)):
         out, bnd = conv_kernels.weight_grad(
             _f64(X), _f64(eX) if with_bound else _DUMMY3, _f64(D.transpose(0, 2, 1)),
@@ -438,8 +549,11 @@ def _weight_grad(fmt, X, eX, D, eD, table, order, with_bound, engine, obj):
     return _weight_grad_generic(fmt, X, eX, D, eD, table, order, with_bound, obj)
 
 
-def _bias_grad(fmt, D, eD, order, with_bound, engine, obj):
-    """``g[co] = Σ_{n, o} D[n, co, o]`` with bound."""
+def _bias_grad(fmt, D, eD, order, with_bound, engine, obj, order_free=False):
+    """``g[co] = Σ_{n, o} D[n, co, o]`` with its replay (or order-free) bound."""
+    if with_bound and order_free:
+        out = _bias_grad(fmt, D, None, order, False, engine, obj)[0]
+        return out, _bias_grad_order_free(fmt, D, eD, out)
     if _compiled(fmt, order, engine, (D,)):
         out, bnd = conv_kernels.bias_grad(_f64(D), _f64(eD) if with_bound else _DUMMY3,
                                           with_bound, *_kernel_args(fmt))
@@ -449,7 +563,10 @@ def _bias_grad(fmt, D, eD, order, with_bound, engine, obj):
 
 # == argument handling =========================================================================
 def _value(name: str, x, fmt: Format) -> np.ndarray:
-    a = checks.finite(name, x)
+    """A runtime input as an array of values of ``fmt`` (``checks.format_value``: the kernels
+    round exact results of format values; off-grid data would be rounded twice), float64
+    unless it holds exact objects."""
+    a = checks.format_value(name, x, fmt)
     if a.dtype == object:
         return a
     return np.asarray(a, dtype=np.float64)
@@ -489,16 +606,18 @@ def _unpack_eps(eps, n: int, with_bound: bool):
 
 # == conv: runtime and bounds ==================================================================
 def conv_forward(fmt: Format, input, weight, bias=None, eps=None, *, stride=1, padding=0,
-                 order: str = "sequential", engine: str = "auto"):
+                 order: str = "sequential", engine: str = "auto", order_free: bool = False):
     """Runtime conv and (if ``eps`` is given) its replay bound, in one pass.
 
     ``eps`` = ``(ε_input, ε_weight)`` or ``(ε_input, ε_weight, ε_bias)`` (one per given
     input). Returns ``(y, bound)`` (``bound`` None without ``eps``); ``y`` has shape
     (N, C_out, *out). The bound is the replay of the accumulation in ``order`` with the mul
     rule per term (module docstring), so ``|ŷ − y| ≤ bound`` for every spec ``(x, W, b)``
-    within ``eps`` of the runtime inputs.
+    within ``eps`` of the runtime inputs. ``order_free``: the order-free bound instead (module
+    docstring), which also holds for a conv evaluated in any other order.
     """
     order = check_order(order)
+    order_free = _check_bool("order_free", order_free)
     x, w = _value("input", input, fmt), _value("weight", weight, fmt)
     b = None if bias is None else _value("bias", bias, fmt)
     g, co = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding)
@@ -510,13 +629,14 @@ def conv_forward(fmt: Format, input, weight, bias=None, eps=None, *, stride=1, p
     Wt = np.ascontiguousarray(w.reshape(co, C, K).transpose(1, 0, 2))
     eWt = np.ascontiguousarray(ew.reshape(co, C, K).transpose(1, 0, 2)) if with_bound else None
     y, e = _gather_reduce(fmt, _flat(x), None if ex is None else _flat(ex), Wt, eWt, b, eb,
-                          _table("taps", g), order, with_bound, engine, _is_obj(fmt, x, w, b))
+                          _table("taps", g), order, with_bound, engine, _is_obj(fmt, x, w, b),
+                          order_free)
     shape = (x.shape[0], co) + g.out_spatial
     return y.reshape(shape), (None if e is None else e.reshape(shape))
 
 
 def conv_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, stride=1, padding=0,
-                  order: str = "sequential", engine: str = "auto"):
+                  order: str = "sequential", engine: str = "auto", order_free: bool = False):
     """Runtime VJPs of conv and (if ``eps`` is given) their replay bounds.
 
     ``xs`` = ``(input, weight)`` or ``(input, weight, bias)``; ``g_out`` = ``δ``, the
@@ -526,12 +646,15 @@ def conv_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, stride=1, pad
 
     * ``gB``: replay of ``Σ δ`` with per-term errors ``ε_δ``;
     * ``gK``: replay of ``Σ x_pad·δ`` with the mul rule on ``(x, ε_x)``, ``(δ, ε_δ)``;
-    * ``gX``: replay of ``Σ δ·W`` with the mul rule on ``(δ, ε_δ)``, ``(W, ε_W)``.
+    * ``gX``: replay of ``Σ δ·W`` with the mul rule on ``(δ, ε_δ)``, ``(W, ε_W)``;
+
+    with ``order_free``, the order-free bounds of the same three sums (module docstring).
     """
     order = check_order(order)
+    order_free = _check_bool("order_free", order_free)
     x, w, b = _split_xs(xs, "conv VJP")
     x, w = _value("input", x, fmt), _value("weight", w, fmt)
-    b = None if b is None else np.asarray(b)
+    b = None if b is None else _value("bias", b, fmt)
     geo, co = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding)
     d = _value("g", g_out, fmt)
     N, C = x.shape[:2]
@@ -547,13 +670,13 @@ def conv_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, stride=1, pad
     D, eD = _flat(d), None if ed is None else _flat(ed)
     gx, bx = _gather_reduce(fmt, D, eD, w.reshape(co, C, K),
                             None if ew is None else ew.reshape(co, C, K), None, None,
-                            _table("hits", geo), order, with_bound, engine, obj)
+                            _table("hits", geo), order, with_bound, engine, obj, order_free)
     gk, bk = _weight_grad(fmt, _flat(x), None if ex is None else _flat(ex), D, eD,
-                          _table("kernel", geo), order, with_bound, engine, obj)
+                          _table("kernel", geo), order, with_bound, engine, obj, order_free)
     grads = [gx.reshape(x.shape), gk.reshape(w.shape)]
     bounds = [None if bx is None else bx.reshape(x.shape), None if bk is None else bk.reshape(w.shape)]
     if b is not None:
-        gb, bb = _bias_grad(fmt, D, eD, order, with_bound, engine, obj)
+        gb, bb = _bias_grad(fmt, D, eD, order, with_bound, engine, obj, order_free)
         grads.append(gb)
         bounds.append(bb)
     return tuple(grads), (tuple(bounds) if with_bound else None)
@@ -561,10 +684,12 @@ def conv_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, stride=1, pad
 
 # == conv_transpose: runtime and bounds ========================================================
 def conv_transpose_forward(fmt: Format, input, weight, bias=None, eps=None, *, stride=1,
-                           padding=0, order: str = "sequential", engine: str = "auto"):
-    """Runtime transpose conv and (if ``eps`` is given) its replay bound (see
+                           padding=0, order: str = "sequential", engine: str = "auto",
+                           order_free: bool = False):
+    """Runtime transpose conv and (if ``eps`` is given) its replay (or order-free) bound (see
     :func:`conv_forward`); order per output: ``ic`` outer, ``k`` row-major, bias last."""
     order = check_order(order)
+    order_free = _check_bool("order_free", order_free)
     x, w = _value("input", input, fmt), _value("weight", weight, fmt)
     b = None if bias is None else _value("bias", bias, fmt)
     g, co = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding,
@@ -577,23 +702,26 @@ def conv_transpose_forward(fmt: Format, input, weight, bias=None, eps=None, *, s
     y, e = _gather_reduce(fmt, _flat(x), None if ex is None else _flat(ex), w.reshape(C, co, K),
                           None if ew is None else ew.reshape(C, co, K), b, eb,
                           _table("hits_by_kernel", g), order, with_bound, engine,
-                          _is_obj(fmt, x, w, b))
+                          _is_obj(fmt, x, w, b), order_free)
     shape = (x.shape[0], co) + g.in_spatial
     return y.reshape(shape), (None if e is None else e.reshape(shape))
 
 
 def conv_transpose_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, stride=1,
-                            padding=0, order: str = "sequential", engine: str = "auto"):
-    """Runtime VJPs of conv_transpose and their replay bounds (see :func:`conv_backward`).
+                            padding=0, order: str = "sequential", engine: str = "auto",
+                            order_free: bool = False):
+    """Runtime VJPs of conv_transpose and their replay (or order-free) bounds (see
+    :func:`conv_backward`).
 
     ``gX`` is the conv of ``δ`` with ``W`` (``oc`` outer, ``k`` row-major); ``gW[ic, oc, k] =
     Σ_{n, j} x[n, ic, j]·δ[n, oc, j·stride + k − padding]`` (``n`` outer, ``j`` row-major);
     ``gB = Σ_{n, o} δ[n, oc, o]``.
     """
     order = check_order(order)
+    order_free = _check_bool("order_free", order_free)
     x, w, b = _split_xs(xs, "conv_transpose VJP")
     x, w = _value("input", x, fmt), _value("weight", w, fmt)
-    b = None if b is None else np.asarray(b)
+    b = None if b is None else _value("bias", b, fmt)
     geo, co = conv_geometry(x.shape, w.shape, None if b is None else b.shape, stride, padding,
                             transpose=True)
     d = _value("g", g_out, fmt)
@@ -611,13 +739,13 @@ def conv_transpose_backward(fmt: Format, xs, g_out, eps=None, eps_g=None, *, str
     Wt = np.ascontiguousarray(w.reshape(C, co, K).transpose(1, 0, 2))
     eWt = None if ew is None else np.ascontiguousarray(ew.reshape(C, co, K).transpose(1, 0, 2))
     gx, bx = _gather_reduce(fmt, D, eD, Wt, eWt, None, None, _table("taps", geo), order,
-                            with_bound, engine, obj)
+                            with_bound, engine, obj, order_free)
     gw, bw = _weight_grad(fmt, D, eD, _flat(x), None if ex is None else _flat(ex),
-                          _table("kernel", geo), order, with_bound, engine, obj)
+                          _table("kernel", geo), order, with_bound, engine, obj, order_free)
     grads = [gx.reshape(x.shape), gw.reshape(w.shape)]
     bounds = [None if bx is None else bx.reshape(x.shape), None if bw is None else bw.reshape(w.shape)]
     if b is not None:
-        gb, bb = _bias_grad(fmt, D, eD, order, with_bound, engine, obj)
+        gb, bb = _bias_grad(fmt, D, eD, order, with_bound, engine, obj, order_free)
         grads.append(gb)
         bounds.append(bb)
     return tuple(grads), (tuple(bounds) if with_bound else None)
@@ -704,7 +832,8 @@ def _sum_interval(v: Interval, axis) -> Interval:
                     np.asarray(v.hi.sum(axis=axis), dtype=object))
 
 
-def conv_spec(input, weight, bias=None, *, stride=1, padding=0, order: str = "sequential") -> Interval:
+def conv_spec(input, weight, bias=None, *, stride=1, padding=0, order: str = "sequential",
+              order_free: bool = False) -> Interval:
     """The conv over the reals (exact rationals; intervals in midpoint–radius form)."""
     x, w = _interval("input", input), _interval("weight", weight)
     b = None if bias is None else _interval("bias", bias)
@@ -717,7 +846,8 @@ def conv_spec(input, weight, bias=None, *, stride=1, padding=0, order: str = "se
     return y.map_exact(lambda a: a.reshape((x.shape[0], co) + g.out_spatial))
 
 
-def conv_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "sequential") -> tuple:
+def conv_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "sequential",
+                  order_free: bool = False) -> tuple:
     """Exact VJPs of conv: ``(gX, gK[, gB])`` as intervals (see :func:`conv_backward`)."""
     x, w, b = _split_xs(xs, "conv VJP")
     x, w = _interval("input", x), _interval("weight", w)
@@ -738,7 +868,7 @@ def conv_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "sequential") 
 
 
 def conv_transpose_spec(input, weight, bias=None, *, stride=1, padding=0,
-                        order: str = "sequential") -> Interval:
+                        order: str = "sequential", order_free: bool = False) -> Interval:
     """The transpose conv over the reals: the conv input-gradient map applied to ``input``."""
     x, w = _interval("input", input), _interval("weight", weight)
     b = None if bias is None else _interval("bias", bias)
@@ -752,7 +882,8 @@ def conv_transpose_spec(input, weight, bias=None, *, stride=1, padding=0,
     return y.map_exact(lambda a: a.reshape((x.shape[0], co) + g.in_spatial))
 
 
-def conv_transpose_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "sequential") -> tuple:
+def conv_transpose_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "sequential",
+                            order_free: bool = False) -> tuple:
     """Exact VJPs of conv_transpose: ``gX = conv(δ, W)``, ``gW[ic, oc, k] = Σ x·δ``, ``gB``."""
     x, w, b = _split_xs(xs, "conv_transpose VJP")
     x, w = _interval("input", x), _interval("weight", w)
@@ -774,46 +905,57 @@ def conv_transpose_vjp_spec(xs, g_out, *, stride=1, padding=0, order: str = "seq
 
 
 # == primitive rules ===========================================================================
+# Every rule takes ``order`` and ``order_free`` (the spec ignores both): the runtime is that of
+# ``order``; the bounds are its replay, or with ``order_free`` the order-free bounds.
 def conv_runtime(fmt: Format, input, weight, bias=None, *, stride=1, padding=0,
-                 order: str = "sequential"):
+                 order: str = "sequential", order_free: bool = False):
     """Runtime conv (module docstring for the order)."""
-    return conv_forward(fmt, input, weight, bias, stride=stride, padding=padding, order=order)[0]
+    return conv_forward(fmt, input, weight, bias, stride=stride, padding=padding, order=order,
+                        order_free=order_free)[0]
 
 
-def conv_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
-    """Replay bound of the conv forward (see :func:`conv_forward`)."""
-    return conv_fused(fmt, xs, eps, stride=stride, padding=padding, order=order)[1]
+def conv_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential",
+               order_free: bool = False):
+    """Replay (or order-free) bound of the conv forward (see :func:`conv_forward`)."""
+    return conv_fused(fmt, xs, eps, stride=stride, padding=padding, order=order,
+                      order_free=order_free)[1]
 
 
-def conv_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0, order: str = "sequential"):
-    return conv_backward(fmt, xs, g, stride=stride, padding=padding, order=order)[0]
+def conv_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0, order: str = "sequential",
+                     order_free: bool = False):
+    return conv_backward(fmt, xs, g, stride=stride, padding=padding, order=order,
+                         order_free=order_free)[0]
 
 
 def conv_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
-                   order: str = "sequential"):
-    return conv_vjp_fused(fmt, xs, eps, g, eps_g, stride=stride, padding=padding, order=order)[1]
+                   order: str = "sequential", order_free: bool = False):
+    return conv_vjp_fused(fmt, xs, eps, g, eps_g, stride=stride, padding=padding, order=order,
+                          order_free=order_free)[1]
 
 
 def conv_transpose_runtime(fmt: Format, input, weight, bias=None, *, stride=1, padding=0,
-                           order: str = "sequential"):
+                           order: str = "sequential", order_free: bool = False):
     """Runtime transpose conv (module docstring for the order)."""
     return conv_transpose_forward(fmt, input, weight, bias, stride=stride, padding=padding,
-                                  order=order)[0]
+                                  order=order, order_free=order_free)[0]
 
 
-def conv_transpose_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
-    return conv_transpose_fused(fmt, xs, eps, stride=stride, padding=padding, order=order)[1]
+def conv_transpose_bound(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential",
+                         order_free: bool = False):
+    return conv_transpose_fused(fmt, xs, eps, stride=stride, padding=padding, order=order,
+                                order_free=order_free)[1]
 
 
 def conv_transpose_vjp_runtime(fmt: Format, xs, g, *, stride=1, padding=0,
-                               order: str = "sequential"):
-    return conv_transpose_backward(fmt, xs, g, stride=stride, padding=padding, order=order)[0]
+                               order: str = "sequential", order_free: bool = False):
+    return conv_transpose_backward(fmt, xs, g, stride=stride, padding=padding, order=order,
+                                   order_free=order_free)[0]
 
 
 def conv_transpose_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
-                             order: str = "sequential"):
+                             order: str = "sequential", order_free: bool = False):
     return conv_transpose_vjp_fused(fmt, xs, eps, g, eps_g, stride=stride, padding=padding,
-                                    order=order)[1]
+                                    order=order, order_free=order_free)[1]
 
 
 def _sample_shapes(rng, transpose: bool):
@@ -834,33 +976,36 @@ def _sample(transpose: bool):
         x = fmt.round(rng.standard_normal(xshape) * 2)
         w = fmt.round(rng.standard_normal(wshape) / math.sqrt(math.prod(wshape[1:])))
         b = fmt.round(rng.standard_normal(co))
-        return (x, w, b), params
+        return (x, w, b), {**params, "order_free": bool(rng.random() < 0.25)}
     return sample
 
 
-def conv_fused(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential"):
+def conv_fused(fmt: Format, xs, eps, *, stride=1, padding=0, order: str = "sequential",
+               order_free: bool = False):
     """``(conv_runtime, conv_bound)`` in one pass of the kernel."""
     x, w, b = _split_xs(xs, "conv")
-    return conv_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding, order=order)
+    return conv_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding, order=order,
+                        order_free=order_free)
 
 
 def conv_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
-                   order: str = "sequential"):
+                   order: str = "sequential", order_free: bool = False):
     """``(conv_vjp_runtime, conv_vjp_bound)`` in one pass."""
-    return conv_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding, order=order)
+    return conv_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding, order=order,
+                         order_free=order_free)
 
 
 def conv_transpose_fused(fmt: Format, xs, eps, *, stride=1, padding=0,
-                         order: str = "sequential"):
+                         order: str = "sequential", order_free: bool = False):
     x, w, b = _split_xs(xs, "conv_transpose")
     return conv_transpose_forward(fmt, x, w, b, eps=eps, stride=stride, padding=padding,
-                                  order=order)
+                                  order=order, order_free=order_free)
 
 
 def conv_transpose_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, stride=1, padding=0,
-                             order: str = "sequential"):
+                             order: str = "sequential", order_free: bool = False):
     return conv_transpose_backward(fmt, xs, g, eps, eps_g, stride=stride, padding=padding,
-                                   order=order)
+                                   order=order, order_free=order_free)
 
 
 conv = register(Primitive("conv", conv_runtime, conv_spec, conv_bound, conv_vjp_runtime,

@@ -10,7 +10,12 @@ then the products are accumulated with a rounding after every addition, in ``ord
 
 with ``r`` the rounding term of each operation (0 when an operand is 0: the operation is
 exact). ``order_free=True`` gives instead :func:`order_free_dot_bound`, valid for *any*
-evaluation order, blocking and FMA — a bound for BLAS outputs whose order is unknown.
+evaluation order, blocking and FMA — a bound for BLAS outputs whose order is unknown (for
+``linear`` the bias is one more term of that bound, so it may enter anywhere).
+
+Runtime operands and output gradients must be values of the format (finite, on its grid:
+:func:`nfbound.ops.checks.format_value`, checked once per call, ``ValueError`` naming the
+argument otherwise): the rounded operations and the bounds assume it.
 
 Shapes (PyTorch semantics, never silent broadcasting of the contracted dimension):
 
@@ -300,9 +305,14 @@ def order_free_dot_bound(fmt: Format, abs_products_sum, n: int, eps_sum) -> np.n
     return overflow_guard(fmt, z, b)
 
 
-def _mm3_order_free(fmt: Format, A, EA, B, EB) -> np.ndarray:
+def _mm3_order_free(fmt: Format, A, EA, B, EB, bias=None) -> np.ndarray:
     """:func:`order_free_dot_bound` of every entry of ``A @ B`` (``S`` and ``P`` accumulated
-    upward one reduction index at a time)."""
+    upward one reduction index at a time).
+
+    ``bias = (b, ε_b)`` (broadcast to the output) makes ``b`` one more term of every sum: the
+    product ``b·1``, exact, so ``S`` gains ``|b|``, ``P`` gains ``ε_b`` and ``n`` becomes
+    ``n + 1``. The bound then holds wherever the bias enters the evaluation tree (first,
+    last, as the addend of an FMA, as the initial value of a BLAS ``C``)."""
     nb, m, n = A.shape
     k = B.shape[-1]
     absA, absB = _abs_up(A), _abs_up(B)
@@ -313,14 +323,33 @@ def _mm3_order_free(fmt: Format, A, EA, B, EB) -> np.ndarray:
         ea, eb = EA[:, :, j, None], EB[:, None, j, :]
         S = add_up(S, mul_up(a, b))
         P = add_up(P, mul_up(a, eb), mul_up(b, ea), mul_up(ea, eb))
+    if bias is not None:
+        S = add_up(S, _abs_up(bias[0]))
+        P = add_up(P, bias[1])
+        n += 1
     return order_free_dot_bound(fmt, S, n, P)
 
 
-def _contract(fmt: Format, A, EA, B, EB, order: str, order_free: bool, need_bound: bool = True):
-    """``(C, bound)`` for ``A (Bt, m, n) @ B (Bt, n, k)`` — replay or order-free bound."""
+def _contract(fmt: Format, A, EA, B, EB, order: str, order_free: bool, need_bound: bool = True,
+              bias=None):
+    """``(C, bound)`` for ``A (Bt, m, n) @ B (Bt, n, k)`` — replay or order-free bound.
+
+    ``bias = (b, ε_b)`` (``b`` broadcast to the output; ``ε_b`` unused without bounds) is
+    added to the rounded sums at runtime, last (``RN(C + b)``). Its bound: the replay rule of
+    that addition (``rounded_add``), or, with ``order_free``, ``b`` as term ``n + 1`` of the
+    order-free bound (:func:`_mm3_order_free`) — so that a library adding the bias first, or
+    in an FMA, is covered too."""
     C, E = _mm3(fmt, A, EA, B, EB, order, need_bound and not order_free)
+    if bias is not None:
+        b = np.broadcast_to(bias[0], C.shape)
+        if need_bound and not order_free:
+            C, E = rounded_add(fmt, C, E, b, np.broadcast_to(bias[1], C.shape))
+        else:
+            C = fmt.add(C, b)
     if need_bound and order_free:
-        E = np.where(_finite(C), _mm3_order_free(fmt, A, EA, B, EB), np.inf)
+        ob = None if bias is None else (np.broadcast_to(bias[0], C.shape),
+                                        np.broadcast_to(bias[1], C.shape))
+        E = np.where(_finite(C), _mm3_order_free(fmt, A, EA, B, EB, ob), np.inf)
     return C, E
 
 
@@ -413,13 +442,17 @@ def _eps(name: str, e, x) -> np.ndarray:
 
 
 def matmul_error(fmt: Format, A, eA, B, eB, order: str = "sequential",
-                 order_free: bool = False):
+                 order_free: bool = False, names: tuple[str, str] = ("A", "B")):
     """``(A @ B, bound)``: runtime ``torch.matmul`` with every product and partial sum rounded
-    (``order`` along the contracted index) and its replay (or order-free) bound."""
-    A, B = checks.finite("A", A), checks.finite("B", B)
+    (``order`` along the contracted index) and its replay (or order-free) bound.
+
+    ``A`` and ``B`` must hold values of ``fmt`` (``checks.format_value``; errors name them
+    ``names``, and their bounds ``eps_<name>``)."""
+    na, nb = names
+    A, B = checks.format_value(na, A, fmt), checks.format_value(nb, B, fmt)
     order_free = _check_bool("order_free", order_free)
-    a2, b2, batch, out = _matmul_shapes(np.shape(A), np.shape(B))
-    eA, eB = _eps("eps_A", eA, A), _eps("eps_B", eB, B)
+    a2, b2, batch, out = _matmul_shapes(np.shape(A), np.shape(B), na, nb)
+    eA, eB = _eps(f"eps_{na}", eA, A), _eps(f"eps_{nb}", eB, B)
     C, E = _contract(fmt, _to3(_full(A, a2, batch)), _to3(_full(eA, a2, batch)),
                      _to3(_full(B, b2, batch)), _to3(_full(eB, b2, batch)), order, order_free)
     return C.reshape(out), E.reshape(out)
@@ -428,9 +461,14 @@ def matmul_error(fmt: Format, A, eA, B, eB, order: str = "sequential",
 def matmul_runtime(fmt: Format, A, B, *, order: str = "sequential", order_free: bool = False):
     """``torch.matmul(A, B)`` in the format: ``C = Σ_j RN(A_ij·B_jk)`` accumulated in
     ``order`` (each partial sum rounded)."""
-    A, B = checks.finite("A", A), checks.finite("B", B)
+    return _matmul_runtime(fmt, A, B, order, order_free, ("A", "B"))
+
+
+def _matmul_runtime(fmt: Format, A, B, order: str, order_free: bool, names: tuple[str, str]):
+    """:func:`matmul_runtime` with the operands named ``names`` in errors."""
+    A, B = checks.format_value(names[0], A, fmt), checks.format_value(names[1], B, fmt)
     _check_bool("order_free", order_free)
-    a2, b2, batch, out = _matmul_shapes(np.shape(A), np.shape(B))
+    a2, b2, batch, out = _matmul_shapes(np.shape(A), np.shape(B), *names)
     C, _ = _mm3(fmt, _to3(_full(A, a2, batch)), None, _to3(_full(B, b2, batch)), None, order,
                 need_bound=False)
     return C.reshape(out)
@@ -476,21 +514,23 @@ def matmul_bound(fmt: Format, xs, eps, *, order: str = "sequential", order_free:
 
 
 def _matmul_vjp(fmt: Format, A, eA, B, eB, g, eg, order: str, order_free: bool,
-                need_bound: bool):
-    """Runtime gradients ``(dA, dB)`` and (if ``need_bound``) their bounds."""
-    A, B = checks.finite("A", A), checks.finite("B", B)
+                need_bound: bool, names: tuple[str, str] = ("A", "B")):
+    """Runtime gradients ``(dA, dB)`` and (if ``need_bound``) their bounds; the operands and
+    ``g`` must be values of ``fmt`` (errors name the operands ``names``)."""
+    na, nb = names
+    A, B = checks.format_value(na, A, fmt), checks.format_value(nb, B, fmt)
     order_free = _check_bool("order_free", order_free)
     sa, sb = np.shape(A), np.shape(B)
-    a2, b2, batch, out = _matmul_shapes(sa, sb)
-    g = checks.finite("g", g)
+    a2, b2, batch, out = _matmul_shapes(sa, sb, na, nb)
+    g = checks.format_value("g", g, fmt)
     if np.shape(g) != out:
         raise ValueError(f"g has shape {np.shape(g)}, expected the output shape {out}")
     m, k = a2[-2], b2[-1]
     G = np.reshape(g, batch + (m, k))
     EG = _eps("eps_g", eg, g).reshape(batch + (m, k)) if need_bound else None
     Af, Bf = _full(A, a2, batch), _full(B, b2, batch)
-    EAf = _full(_eps("eps_A", eA, A), a2, batch) if need_bound else None
-    EBf = _full(_eps("eps_B", eB, B), b2, batch) if need_bound else None
+    EAf = _full(_eps(f"eps_{na}", eA, A), a2, batch) if need_bound else None
+    EBf = _full(_eps(f"eps_{nb}", eB, B), b2, batch) if need_bound else None
     sw = (lambda x: None if x is None else np.swapaxes(x, -1, -2))
     dA, edA = _grad_contract(fmt, G, EG, sw(Bf), sw(EBf), _reduced_axes(a2, batch), order,
                              order_free, need_bound)
@@ -579,8 +619,7 @@ def _check_dot(x, y) -> None:
 def dot_runtime(fmt: Format, x, y, *, order: str = "sequential", order_free: bool = False):
     """``Σ_j RN(x_j·y_j)`` accumulated in ``order``."""
     _check_dot(x, y)
-    return matmul_runtime(fmt, checks.finite("x", x), checks.finite("y", y), order=order,
-                          order_free=order_free)
+    return _matmul_runtime(fmt, x, y, order, order_free, ("x", "y"))
 
 
 def dot_spec(x: Interval, y: Interval, *, order="sequential", order_free=False) -> Interval:
@@ -592,15 +631,14 @@ def dot_bound(fmt: Format, xs, eps, *, order="sequential", order_free=False):
     """Replay of the sum with ``mul_error`` terms (or the order-free bound)."""
     (x, y), (ex, ey) = xs, eps
     _check_dot(x, y)
-    return matmul_error(fmt, checks.finite("x", x), _eps("eps_x", ex, x),
-                        checks.finite("y", y), _eps("eps_y", ey, y), order, order_free)[1]
+    return matmul_error(fmt, x, ex, y, ey, order, order_free, ("x", "y"))[1]
 
 
 def dot_vjp_runtime(fmt: Format, xs, g, *, order="sequential", order_free=False):
     """``(RN(g·y), RN(g·x))``."""
     x, y = xs
     _check_dot(x, y)
-    return matmul_vjp_runtime(fmt, (x, y), g, order=order, order_free=order_free)
+    return _matmul_vjp(fmt, x, 0.0, y, 0.0, g, 0.0, order, order_free, False, ("x", "y"))[0]
 
 
 def dot_vjp_spec(xs, g: Interval, *, order="sequential", order_free=False):
@@ -608,9 +646,9 @@ def dot_vjp_spec(xs, g: Interval, *, order="sequential", order_free=False):
 
 
 def dot_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order="sequential", order_free=False):
-    (x, y) = xs
+    (x, y), (ex, ey) = xs, eps
     _check_dot(x, y)
-    return matmul_vjp_bound(fmt, xs, eps, g, eps_g, order=order, order_free=order_free)
+    return _matmul_vjp(fmt, x, ex, y, ey, g, eps_g, order, order_free, True, ("x", "y"))[1]
 
 
 def _sample_dot(rng, fmt: Format):
@@ -636,8 +674,7 @@ def _check_matvec(A, x) -> None:
 def matvec_runtime(fmt: Format, A, x, *, order="sequential", order_free=False):
     """``y_i = Σ_j RN(A_ij·x_j)`` accumulated in ``order``."""
     _check_matvec(A, x)
-    return matmul_runtime(fmt, checks.finite("A", A), checks.finite("x", x), order=order,
-                          order_free=order_free)
+    return _matmul_runtime(fmt, A, x, order, order_free, ("A", "x"))
 
 
 def matvec_spec(A: Interval, x: Interval, *, order="sequential", order_free=False) -> Interval:
@@ -648,15 +685,14 @@ def matvec_spec(A: Interval, x: Interval, *, order="sequential", order_free=Fals
 def matvec_bound(fmt: Format, xs, eps, *, order="sequential", order_free=False):
     (A, x), (eA, ex) = xs, eps
     _check_matvec(A, x)
-    return matmul_error(fmt, checks.finite("A", A), _eps("eps_A", eA, A),
-                        checks.finite("x", x), _eps("eps_x", ex, x), order, order_free)[1]
+    return matmul_error(fmt, A, eA, x, ex, order, order_free, ("A", "x"))[1]
 
 
 def matvec_vjp_runtime(fmt: Format, xs, g, *, order="sequential", order_free=False):
     """``dA = δ ⊗ x`` (one rounded product per entry), ``dx = Aᵀδ`` (rounded reduction)."""
     A, x = xs
     _check_matvec(A, x)
-    return matmul_vjp_runtime(fmt, xs, g, order=order, order_free=order_free)
+    return _matmul_vjp(fmt, A, 0.0, x, 0.0, g, 0.0, order, order_free, False, ("A", "x"))[0]
 
 
 def matvec_vjp_spec(xs, g: Interval, *, order="sequential", order_free=False):
@@ -664,9 +700,9 @@ def matvec_vjp_spec(xs, g: Interval, *, order="sequential", order_free=False):
 
 
 def matvec_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order="sequential", order_free=False):
-    A, x = xs
+    (A, x), (eA, ex) = xs, eps
     _check_matvec(A, x)
-    return matmul_vjp_bound(fmt, xs, eps, g, eps_g, order=order, order_free=order_free)
+    return _matmul_vjp(fmt, A, eA, x, ex, g, eps_g, order, order_free, True, ("A", "x"))[1]
 
 
 def _sample_matvec(rng, fmt: Format):
@@ -699,16 +735,24 @@ def _linear_shapes(x, W, b) -> tuple[int, int, int]:
     return int(np.prod(sx[:-1])), sw[1], sw[0]
 
 
+def _linear_values(fmt: Format, x, W, b):
+    """The runtime inputs of ``linear`` as format values (``checks.format_value``)."""
+    x, W = checks.format_value("input", x, fmt), checks.format_value("weight", W, fmt)
+    return x, W, (None if b is None else checks.format_value("bias", b, fmt))
+
+
 def linear_error(fmt: Format, x, ex, W, eW, b=None, eb=None, order: str = "sequential",
                  order_free: bool = False):
     """``(y, bound)`` of ``y = RN(RN(Σ_j RN(x_j W_oj)) + b_o)`` (bias last).
 
-    The sum's bound is the replay (or order-free) bound of :func:`matmul_error`; the bias
-    addition adds ``ε_b + r`` (``rounded_add``: ``r = 0`` when the sum or the bias is 0).
+    Replay: the sum's replay bound (:func:`matmul_error`), then the bias addition adds
+    ``ε_b + r`` (``rounded_add``: ``r = 0`` when the sum or the bias is 0). ``order_free``:
+    :func:`order_free_dot_bound` over the ``in + 1`` terms ``x_j·W_oj`` and ``b_o`` (the bias
+    as the exact product ``b_o·1``), valid for any evaluation order of the whole expression —
+    bias first, last, or inside an FMA — as real libraries use (BLAS ``gemm`` with ``β = 1``
+    starts from the bias).
     """
-    x, W = checks.finite("input", x), checks.finite("weight", W)
-    if b is not None:
-        b = checks.finite("bias", b)
+    x, W, b = _linear_values(fmt, x, W, b)
     order_free = _check_bool("order_free", order_free)
     R, nin, nout = _linear_shapes(x, W, b)
     out = np.shape(x)[:-1] + (nout,)
@@ -716,29 +760,22 @@ def linear_error(fmt: Format, x, ex, W, eW, b=None, eb=None, order: str = "seque
     WT = np.ascontiguousarray(np.swapaxes(W, 0, 1)).reshape(1, nin, nout)
     EX3 = _eps("eps_input", ex, x).reshape(1, R, nin)
     EWT = np.swapaxes(_eps("eps_weight", eW, W), 0, 1).reshape(1, nin, nout)
-    S, E = _contract(fmt, X3, EX3, WT, EWT, order, order_free)
-    S, E = S[0], E[0]
-    if b is not None:
-        eb = _eps("eps_bias", 0.0 if eb is None else eb, b)
-        bb = np.broadcast_to(b, S.shape)
-        S, E = rounded_add(fmt, S, E, bb, np.broadcast_to(eb, S.shape))
-    return np.asarray(S).reshape(out), np.asarray(E, dtype=np.float64).reshape(out)
+    bias = None if b is None else (b, _eps("eps_bias", 0.0 if eb is None else eb, b))
+    S, E = _contract(fmt, X3, EX3, WT, EWT, order, order_free, bias=bias)
+    return np.asarray(S[0]).reshape(out), np.asarray(E[0], dtype=np.float64).reshape(out)
 
 
 def linear_runtime(fmt: Format, input, weight, bias=None, *, order: str = "sequential",  # noqa: A002
                    order_free: bool = False):
     """``torch.nn.functional.linear`` in the format: ``RN(RN(Σ_j RN(x_j W_oj)) + b_o)``, the
     sum in ``order``, the bias added last."""
-    x, W = checks.finite("input", input), checks.finite("weight", weight)
-    b = None if bias is None else checks.finite("bias", bias)
+    x, W, b = _linear_values(fmt, input, weight, bias)
     _check_bool("order_free", order_free)
     R, nin, nout = _linear_shapes(x, W, b)
     WT = np.ascontiguousarray(np.swapaxes(W, 0, 1)).reshape(1, nin, nout)
-    S, _ = _mm3(fmt, np.reshape(x, (1, R, nin)), None, WT, None, order, need_bound=False)
-    S = S[0]
-    if b is not None:
-        S = fmt.add(S, np.broadcast_to(b, S.shape))
-    return np.asarray(S).reshape(np.shape(x)[:-1] + (nout,))
+    S, _ = _contract(fmt, np.reshape(x, (1, R, nin)), None, WT, None, order, False,
+                     need_bound=False, bias=None if b is None else (b, None))
+    return np.asarray(S[0]).reshape(np.shape(x)[:-1] + (nout,))
 
 
 def linear_spec(input: Interval, weight: Interval, bias: Interval | None = None, *,  # noqa: A002
@@ -751,19 +788,19 @@ def linear_spec(input: Interval, weight: Interval, bias: Interval | None = None,
 
 
 def linear_bound(fmt: Format, xs, eps, *, order="sequential", order_free=False):
-    """Replay (or order-free) bound of the sum, then ``+ ε_b + r`` for the bias."""
+    """Replay bound of the sum, then ``+ ε_b + r`` for the bias; or the order-free bound with
+    the bias as one more term (:func:`linear_error`)."""
     return linear_fused(fmt, xs, eps, order=order, order_free=order_free)[1]
 
 
 def _linear_vjp(fmt: Format, xs, eps, g, eg, order: str, order_free: bool, need_bound: bool):
     if len(xs) not in (2, 3):
         raise ValueError("linear takes (input, weight) or (input, weight, bias)")
-    x, W = checks.finite("input", xs[0]), checks.finite("weight", xs[1])
-    b = None if len(xs) == 2 else checks.finite("bias", xs[2])
+    x, W, b = _linear_values(fmt, xs[0], xs[1], None if len(xs) == 2 else xs[2])
     order_free = _check_bool("order_free", order_free)
     R, nin, nout = _linear_shapes(x, W, b)
     out = np.shape(x)[:-1] + (nout,)
-    g = checks.finite("g", g)
+    g = checks.format_value("g", g, fmt)
     if np.shape(g) != out:
         raise ValueError(f"g has shape {np.shape(g)}, expected the output shape {out}")
     G = np.reshape(g, (1, R, nout))
