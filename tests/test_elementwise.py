@@ -387,24 +387,100 @@ def test_overflow_makes_the_bound_infinite(fmt_name):
 
 @pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e4m3fn", "decimal32"])
 @pytest.mark.parametrize("op", OPS)
-def test_non_finite_upstream_gradient_never_gives_a_nan_bound(op, fmt_name):
-    """An overflow upstream reaches a VJP as a NaN/inf gradient with ``ε_g = inf``: every
-    gradient bound is ``inf`` or a true 0 (an input that certainly has zero derivative),
-    never NaN."""
+def test_non_finite_upstream_gradient_is_refused_and_an_infinite_eps_g_never_gives_nan(op, fmt_name):
+    """A NaN/inf upstream gradient is not a runtime value: both VJP rules refuse it, naming
+    ``g``. A finite gradient whose bound is ``inf`` (a saturated upstream value) gives every
+    gradient bound ``inf`` or a true 0 (an input that certainly has zero derivative), never
+    NaN."""
     fmt = formats.get(fmt_name)
+    P = get(op)
     rng = np.random.default_rng(1)
     data, params = draw_data(op, rng, (3,))
     xs = tuple(fmt.round(d) for d in data)
-    g = np.array([math.nan, math.inf, -math.inf], dtype=object if not fmt.fits_binary64 else float)
     eps = tuple(np.full(3, 2.0 ** -20) for _ in xs)
-    if op == "scale" and fmt.fits_binary64:   # every evaluation path agrees with the format's mul
-        for c in (1.5, 0.1, mpq(1, 3)):
-            got = get(op).vjp_runtime(fmt, xs, g.astype(float), c=c)[0]
-            want = fmt.mul(np.full(3, float(fmt.round(np.array([float(c)]))[0])), g.astype(float))
-            assert np.array_equal(np.isnan(got), np.isnan(want)) and (np.isinf(got) == np.isinf(want)).all()
-    for gb in get(op).vjp_bound(fmt, xs, eps, g, np.full(3, math.inf), **params):
+    for bad in (math.nan, math.inf, -math.inf):
+        g = np.array([1.0, bad, 2.0], dtype=float if fmt.fits_binary64 else object)
+        with pytest.raises(ValueError, match="^g contains"):
+            P.vjp_runtime(fmt, xs, g, **params)
+        with pytest.raises(ValueError, match="^g contains"):
+            P.vjp_bound(fmt, xs, eps, g, np.zeros(3), **params)
+    g = fmt.round(np.array([1.5, -2.0, 0.0]))
+    for gb in P.vjp_bound(fmt, xs, eps, g, np.full(3, math.inf), **params):
         gb = np.broadcast_to(gb, (3,))
         assert not np.isnan(gb).any() and ((gb == math.inf) | (gb == 0)).all()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_upstream_gradient_of_another_shape_is_refused(op):
+    """No silent broadcasting of ``g``: shape (1,) or (3,) for an output of shape (3,)...
+    refused by both VJP rules (before the fix mul/div/relu/sqrt broadcast a (1,) gradient and
+    add/sub returned it with the wrong shape)."""
+    fmt = formats.get("bfloat16")
+    P = get(op)
+    data, params = draw_data(op, np.random.default_rng(2), (2, 3))
+    xs = tuple(fmt.round(d) for d in data)
+    eps = tuple(np.zeros((2, 3)) for _ in xs)
+    for shape in [(1,), (3,), (2, 1), (3, 2), (1, 2, 3)]:
+        g = np.ones(shape)
+        with pytest.raises(ValueError, match="g and x must have the same shape"):
+            P.vjp_runtime(fmt, xs, g, **params)
+        with pytest.raises(ValueError, match="g and x must have the same shape"):
+            P.vjp_bound(fmt, xs, eps, g, np.zeros(shape), **params)
+    grads = P.vjp_runtime(fmt, xs, np.ones((2, 3)), **params)
+    assert all(np.shape(gr) == (2, 3) for gr in grads)
+
+
+def off_grid(fmt, a, i: int) -> np.ndarray:
+    """A copy of the runtime array ``a`` whose element ``i`` is moved up by a quarter of its
+    ulp: strictly between two values of ``fmt`` (exactly so: a binary64 number for binary
+    formats, an exact rational otherwise)."""
+    b = np.array(a, copy=True)
+    b.reshape(-1)[i] = to_exact(b.reshape(-1)[i]) + fmt.ulp(b.reshape(-1)[i:i + 1])[0] / 4
+    assert not fmt.is_representable(b).reshape(-1)[i]
+    return b
+
+
+@pytest.mark.parametrize("fmt_name", ["binary16", "bfloat16:rounding=up", "decimal32"])
+@pytest.mark.parametrize("op", OPS)
+def test_off_grid_runtime_values_are_refused(op, fmt_name):
+    """Every rule refuses an input or upstream gradient that is not a value of the format,
+    naming it. The motivating case (binary16): ``add(1, 2^-11 + 2^-60)`` used to return 1 with
+    the bound 2^-11, below the true error 2^-11 + 2^-60."""
+    fmt = formats.get(fmt_name)
+    P = get(op)
+    data, params = draw_data(op, np.random.default_rng(3), (3,))
+    xs = [np.asarray(fmt.round(d)) for d in data]
+    eps = tuple(np.zeros(3) for _ in xs)
+    g = fmt.round(np.array([0.5, -1.0, 2.0]))
+    for i, name in enumerate(["x", "y"][:len(xs)]):
+        bad = list(xs)
+        bad[i] = off_grid(fmt, xs[i], 1)
+        for call in (lambda: P.runtime(fmt, *bad, **params),
+                     lambda: P.bound(fmt, tuple(bad), eps, **params),
+                     lambda: P.vjp_runtime(fmt, tuple(bad), g, **params),
+                     lambda: P.vjp_bound(fmt, tuple(bad), eps, g, np.zeros(3), **params)):
+            with pytest.raises(ValueError, match=f"^{name} holds values that are not"):
+                call()
+    g_bad = off_grid(fmt, g, 0)
+    with pytest.raises(ValueError, match="^g holds values that are not"):
+        P.vjp_runtime(fmt, tuple(xs), g_bad, **params)
+    with pytest.raises(ValueError, match="^g holds values that are not"):
+        P.vjp_bound(fmt, tuple(xs), eps, g_bad, np.zeros(3), **params)
+
+
+def test_the_off_grid_add_of_the_audit():
+    fmt = formats.get("binary16")
+    y = np.array([2.0 ** -11 + 2.0 ** -60])
+    with pytest.raises(ValueError, match="^y holds values that are not"):
+        get("add").runtime(fmt, np.array([1.0]), y)
+    with pytest.raises(ValueError, match="^y holds values that are not"):
+        get("add").bound(fmt, (np.array([1.0]), y), (0.0, 0.0))
+    # rounded first, the representation error joins eps_y and the bound covers the true error
+    yr = fmt.round(y)
+    ey = exact_array_up(np.array([abs(to_exact(yr[0]) - to_exact(y[0]))], dtype=object))
+    out = get("add").runtime(fmt, np.array([1.0]), yr)
+    b = get("add").bound(fmt, (np.array([1.0]), yr), (0.0, ey))
+    assert (Interval.exact([1.0]) + Interval.exact(y)).encloses(out, b).all()
 
 
 def test_division_by_a_runtime_zero_is_flagged_and_the_spec_refuses():

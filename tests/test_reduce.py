@@ -3,6 +3,9 @@ on every preset, adversarial inputs (cancellation, overflow, ties, argmax flips)
 bounds, errors."""
 from __future__ import annotations
 
+import inspect
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,16 +13,17 @@ from gmpy2 import mpq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import nfbound.ops as ops
 from nfbound import formats
+from nfbound.bounds.upward import exact_array_up
 from nfbound.formats import reference
 from nfbound.ops import reduce as R
 from nfbound.ops.accumulate import accumulate
-from nfbound.ops.interval import Interval
+from nfbound.ops.interval import Interval, exact_array
 
 from test_linalg import ORDERS, between, ref_ops, runtime_and_eps, same, tree_sum
 
-PRESETS = ["bfloat16", "binary16", "tf32", "binary32", "float8_e4m3fn", "float8_e5m2", "binary64",
-           "decimal32"]
+PRESETS = formats.names()          # every preset, decimal64 included
 OPS = [R.sum, R.mean, R.max]
 
 
@@ -73,8 +77,8 @@ def test_spec_and_vjp_spec_match_torch_float64(axis, keepdims):
 
 
 # -- runtime ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e4m3fn", "decimal32",
-                                      "flt:p=6,emin=-14,emax=8,rounding=up"])
+@pytest.mark.parametrize("fmt_name", formats.names() + ["flt:p=6,emin=-14,emax=8,rounding=up",
+                                                        "bfloat16:rounding=zero"])
 @pytest.mark.parametrize("order", ORDERS)
 def test_sum_and_mean_runtime_equal_scalar_replay(fmt_name, order):
     fmt = formats.get(fmt_name)
@@ -122,7 +126,7 @@ def test_sum_error_is_accumulate(order):
 def test_enclosure_every_preset(fmt_name, P):
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(3)
-    shape = (3, 5) if fmt_name == "decimal32" else (4, 6, 7)
+    shape = (3, 5) if fmt_name.startswith("decimal") else (4, 6, 7)
     for trial, (axis, keepdims, order) in enumerate([(0, False, "sequential"),
                                                      (-1, True, "pairwise"),
                                                      (None, False, "blocked:4"),
@@ -231,11 +235,12 @@ def test_max_ties_first_index_like_torch():
     np.testing.assert_array_equal(dx, xt.grad.numpy())
 
 
-@pytest.mark.parametrize("fmt_name", ["bfloat16", "binary32", "binary16"])
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "binary32", "binary16", "decimal64"])
 def test_order_free_sum_encloses_every_order_and_numpy(fmt_name):
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(5)
-    x, ex, xs = runtime_and_eps(fmt, rng.standard_normal((4, 3000)))
+    n = 300 if fmt_name == "decimal64" else 3000      # decimals: exact reference engine
+    x, ex, xs = runtime_and_eps(fmt, rng.standard_normal((4, n)))
     b = R.sum.bound(fmt, (x,), (ex,), axis=1, order_free=True)
     spec = R.sum.spec(xs, axis=1)
     for order in ORDERS + ["blocked:128"]:
@@ -245,6 +250,73 @@ def test_order_free_sum_encloses_every_order_and_numpy(fmt_name):
         assert spec.encloses(npsum, b).all()
         b0 = R.sum.bound(fmt, (x,), (0.0,), axis=1, order_free=True)
         assert R.sum.spec(Interval.exact(x), axis=1).encloses(npsum, b0).all()
+
+
+def test_overflow_guard_at_the_largest_finite_value_of_every_preset():
+    """The guard keeps a bound exactly where the magnitude is ``≤ max_finite``. decimal64's
+    ``max_finite ≈ 10^385`` is beyond binary64's range: every finite float64 magnitude is below
+    it and only ``inf`` is not (``float(max_finite)`` used to raise OverflowError, breaking every
+    order-free bound in decimal64)."""
+    for name in formats.names():
+        fmt = formats.get(name)
+        M = fmt.max_finite
+        f = float(M) if M < mpq(np.finfo(np.float64).max) else np.finfo(np.float64).max
+        with np.errstate(over="ignore"):
+            mags = np.array([0.0, np.nextafter(f, 0.0), f, np.nextafter(f, np.inf), np.inf])
+        got = R.overflow_guard(fmt, mags, np.full(5, 0.5))
+        want = [0.5 if np.isfinite(m) and mpq(m) <= M else np.inf for m in mags]
+        assert got.tolist() == want, name
+
+
+ORDER_FREE_OPS = sorted(n for n, P in ops.REGISTRY.items()
+                        if "order_free" in inspect.signature(P.runtime).parameters)
+
+
+@pytest.mark.parametrize("op_name", ORDER_FREE_OPS)
+def test_order_free_bounds_in_decimal64(op_name):
+    """Every primitive with an order-free bound (sum, mean, dot, matvec, matmul, linear) in
+    decimal64: finite for moderate inputs, and enclosing the runtime in every order, forward
+    and VJP, with nonzero input errors."""
+    fmt = formats.get("decimal64")
+    P = ops.get(op_name)
+    rng = np.random.default_rng(zlib.crc32(op_name.encode()))
+    for _ in range(2):
+        xs, params = P.sample(rng, fmt)
+        params = dict(params, order_free=True)
+        eps = tuple(exact_array_up(np.abs(exact_array(x))) * 2.0 ** -30 + 2.0 ** -60 for x in xs)
+        spec = tuple(Interval.exact(exact_array(x) + exact_array(e) / 2) for x, e in zip(xs, eps))
+        b = P.bound(fmt, xs, eps, **params)
+        assert np.isfinite(b).all()
+        S = P.spec(*spec, **params)
+        for order in ORDERS:
+            assert S.encloses(P.runtime(fmt, *xs, **dict(params, order=order)), b).all(), order
+        out = P.runtime(fmt, *xs, **params)
+        g = fmt.round(rng.standard_normal(np.shape(out)))
+        eg = np.full(np.shape(out), 2.0 ** -40)
+        gs = Interval.exact(exact_array(g) - exact_array(eg))
+        for gr, gsp, gb in zip(P.vjp_runtime(fmt, xs, g, **params), P.vjp_spec(spec, gs, **params),
+                               P.vjp_bound(fmt, xs, eps, g, eg, **params)):
+            assert np.isfinite(gb).all() and gsp.encloses(gr, gb).all()
+
+
+@pytest.mark.parametrize("P", OPS, ids=lambda P: P.name)
+def test_upstream_gradient_must_have_the_output_shape(P):
+    """``g`` of another shape — in particular the shape with(out) the kept axis, or a
+    broadcastable one — is refused by both VJP rules."""
+    fmt = formats.get("bfloat16")
+    x = fmt.round(np.random.default_rng(0).standard_normal((2, 3, 4)))
+    for axis, keepdims, good, bads in [(1, False, (2, 4), [(2, 1, 4), (1, 4), (4,), (2, 3, 4)]),
+                                       (1, True, (2, 1, 4), [(2, 4), (1, 1, 4), (2, 3, 4)]),
+                                       (None, False, (), [(1, 1, 1), (1,)]),
+                                       (None, True, (1, 1, 1), [(), (1,)])]:
+        p = _params(P, axis, keepdims, "sequential")
+        assert np.shape(P.runtime(fmt, x, **p)) == good
+        assert np.shape(P.vjp_runtime(fmt, (x,), np.ones(good), **p)[0]) == x.shape
+        for shape in bads:
+            with pytest.raises(ValueError, match="^g has shape"):
+                P.vjp_runtime(fmt, (x,), np.ones(shape), **p)
+            with pytest.raises(ValueError, match="^g has shape"):
+                P.vjp_bound(fmt, (x,), (0.0,), np.ones(shape), 0.0, **p)
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ and ``|ŷ − y| ≤ ε_y``,
 where ``r = rounding_term(RN(x̂ + ŷ))`` (half an ulp of the result for nearest modes, Flocq
 ``error_le_half_ulp``; ``inf`` on overflow/saturation) and ``r = 0`` when an operand is
 exactly 0 (then the addition is exact). All bound arithmetic is rounded upward.
+
+``x̂`` and ``ŷ`` are runtime values of the format — gradient contributions computed by the VJP
+rules, which check their own inputs — or ±inf/NaN from an overflow, which give the bound
+``inf``; they are not re-checked here (reverse mode calls this for every accumulation).
 """
 from __future__ import annotations
 

@@ -28,21 +28,19 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
     if fmt.fits_binary64 and a.dtype != object:
         a = a.astype(np.float64, copy=False)
         finite = np.isfinite(a)
-        ulp = fmt.ulp(np.where(finite, a, 0.0))
-        # ulp/2 is exact except for ulp = 2^−1074 (binary64's own quantum), where it underflows
-        # to 0: the smallest float64 above 2^−1075 is 2^−1074 itself
-        h = np.maximum(ulp * 0.5, np.float64(5e-324)) if fmt.is_nearest else ulp
-        if fmt.fexp.kind == "FLX":
-            h = np.where(a == 0, 0.0, h)
-        h = np.where(finite, h, np.inf)
+        h = np.where(finite, _from_binary64_ulp(fmt, fmt.ulp(np.where(finite, a, 0.0))), np.inf)
     else:
         flat = a.reshape(-1)
         finite = np.array([not (isinstance(v, float) and not np.isfinite(v)) for v in flat], dtype=bool)
         safe = np.array([v if f else 0 for v, f in zip(flat, finite)], dtype=object)
-        ulp = fmt.ulp(safe)
-        h = exact_array_up(ulp / 2 if fmt.is_nearest else ulp)
+        ulp = np.asarray(fmt.ulp(safe))
+        if ulp.dtype == object:
+            h = exact_array_up(ulp / 2 if fmt.is_nearest else ulp)
+        else:   # a format fitting binary64 given exact (object) values: float64 ulps
+            h = _from_binary64_ulp(fmt, ulp)
         h = np.where(finite, h, np.inf).reshape(a.shape)
-        finite = finite.reshape(a.shape)
+        if fmt.fexp.kind == "FLX":   # no underflow: only an exact 0 rounds to 0
+            h = np.where(np.vectorize(lambda v: v == 0, otypes=[bool])(a), 0.0, h)
     if fmt.max_finite is not None and _saturates(fmt):
         mx = float(fmt.max_finite) if fmt.fits_binary64 else None
         at_max = (np.abs(a) == mx) if mx is not None else np.vectorize(
@@ -51,6 +49,13 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
     if exact is not None:
         h = np.where(exact, 0.0, h)
     return np.asarray(h, dtype=np.float64)
+
+
+def _from_binary64_ulp(fmt: Format, ulp: np.ndarray) -> np.ndarray:
+    """The term from float64 ulps: ``ulp/2`` (nearest) or ``ulp`` (directed). ``ulp/2`` is
+    exact except for ``ulp = 2^−1074`` (binary64's own quantum), where it underflows to 0: the
+    smallest float64 above ``2^−1075`` is ``2^−1074`` itself."""
+    return np.maximum(ulp * 0.5, np.float64(5e-324)) if fmt.is_nearest else ulp
 
 
 def _saturates(fmt: Format) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 from gmpy2 import mpq
 
 _INF = np.float64(np.inf)
+_DBL_MAX = float(np.finfo(np.float64).max)
 
 
 def up(x) -> np.ndarray:
@@ -74,15 +75,23 @@ def sum_up(x, axis=None) -> np.ndarray:
 
 
 def exact_up(q) -> float:
-    """The smallest float64 ``≥`` the exact rational ``q`` (``inf`` past binary64's range)."""
+    """The smallest float64 ``≥`` the exact rational ``q``: ``inf`` above binary64's range,
+    ``−DBL_MAX`` below it (so ``−exact_up(−q)`` is a lower bound of ``q`` for every ``q``, e.g.
+    decimal64 values up to ``10^385``). A float ``q`` (±inf after an overflow) is returned as
+    is."""
     if isinstance(q, float):
         return q
     q = mpq(q)
     try:
         f = float(q)
     except OverflowError:
-        return math.inf if q > 0 else -math.inf
-    return f if mpq(f) >= q or math.isinf(f) else float(np.nextafter(f, math.inf))
+        f = math.inf if q > 0 else -math.inf
+    if math.isinf(f):
+        return f if f > 0 else -_DBL_MAX
+    if mpq(f) >= q:
+        return f
+    with np.errstate(over="ignore"):
+        return float(np.nextafter(f, math.inf))
 
 
 def exact_array_up(x) -> np.ndarray:

@@ -18,6 +18,12 @@ rounding terms, evaluated with upward rounding. Orders:
   block sums.
 
 :func:`order_free_bound` bounds a sum computed in *any* order (any tree, blocking, FMA).
+
+These are helpers of the reduction rules (no primitive here): the terms are runtime values of
+the format, computed or checked by the caller. Overflow: a partial sum that overflows (±inf,
+NaN or a saturated ±max_finite) has the rounding term ``inf``, so its bound and every bound
+built on it are ``inf`` — never a finite wrong number. :func:`order_free_bound` assumes no
+rounding overflows; its callers guard it (``reduce.overflow_guard``).
 """
 from __future__ import annotations
 

@@ -2,10 +2,25 @@
 scale, div, safe_div, abs, relu, sqrt.
 
 Each op is one :class:`~nfbound.ops.primitive.Primitive` whose six rules sit together.
-Binary ops require equal shapes (no silent broadcasting). Exact ops (neg, abs, relu) charge no
-rounding; the others charge the rounding term of each rounded step (``bounds.rounding``), and a
-runtime overflow (±inf, NaN, saturation) makes the bound ``inf``. Constants (``c`` of scale and
+Binary ops require equal shapes (no silent broadcasting), and a VJP's upstream gradient ``g``
+must have the output's shape. Exact ops (neg, abs, relu) charge no rounding; the others charge
+the rounding term of each rounded step (``bounds.rounding``). Constants (``c`` of scale and
 safe_div) are taken as the exact rationals they denote.
+
+Inputs. Every runtime, bound and VJP rule takes *runtime values*: the inputs and the upstream
+gradient ``g`` must be finite values of the format (``checks.format_value``; a ``ValueError``
+names the argument otherwise). Off-grid data must be rounded first (``fmt.round``), its
+representation error becoming the input's ``eps``. The ``*_error`` helpers (``mul_error``,
+``div_error``, ``scale_error``, ``sqrt_error``), which other modules use to compose rules on
+values they computed themselves, do not re-check.
+
+Overflow and domain errors. A runtime result that overflows (±inf, NaN, or a saturated
+±max_finite) gets the bound ``inf`` — never a finite wrong number. Runtime division by zero
+follows IEEE 754 (±inf, NaN) with an ``inf`` bound; ``sqrt`` of a negative runtime value raises
+``ValueError``. The spec rules raise ``ValueError`` for a domain error of the enclosure: a
+divisor enclosure containing 0 (div, its VJP), a sqrt argument enclosure reaching below 0 (or
+reaching 0, for the VJP's ``1/(2√x)``). safe_div never refuses: its clamped denominator is
+at least ``c > 0``.
 """
 from __future__ import annotations
 
@@ -41,9 +56,32 @@ def _abs(x) -> np.ndarray:
     """``|x|`` of runtime values as float64 rounded upward (exact for binary64 values)."""
     a = np.asarray(x)
     if a.dtype == object:
-        from ..bounds.upward import exact_array_up
         return exact_array_up(np.vectorize(abs, otypes=[object])(a))
     return np.abs(a)
+
+
+def _binary(fmt: Format, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """The operands of a binary op: same shape, both runtime values of ``fmt``."""
+    checks.same_shape(("x", "y"), x, y)
+    return checks.format_value("x", x, fmt), checks.format_value("y", y, fmt)
+
+
+def _unary(fmt: Format, xs) -> tuple[np.ndarray]:
+    """The one input of a unary op's rule (``xs = (x,)``), a runtime value of ``fmt``."""
+    (x,) = xs
+    return (checks.format_value("x", x, fmt),)
+
+
+def _grad(fmt: Format, g, x) -> np.ndarray:
+    """The upstream gradient of an elementwise op: the output's (= ``x``'s) shape, runtime
+    values of ``fmt``."""
+    checks.same_shape(("g", "x"), g, x)
+    return checks.format_value("g", g, fmt)
+
+
+def _grad_eps(eps_g, g) -> np.ndarray:
+    """The bound of the upstream gradient as a nonnegative float64 array of ``g``'s shape."""
+    return np.asarray(checks.eps_like("eps_g", eps_g, g), dtype=np.float64)
 
 
 def _sample_pair(rng, fmt: Format):
@@ -55,8 +93,7 @@ def _sample_pair(rng, fmt: Format):
 # -- add: z = x + y ---------------------------------------------------------------------------
 def add_runtime(fmt: Format, x, y):
     """``RN(x + y)`` elementwise."""
-    checks.same_shape(("x", "y"), x, y)
-    return fmt.add(checks.finite("x", x), checks.finite("y", y))
+    return fmt.add(*_binary(fmt, x, y))
 
 
 def add_spec(x: Interval, y: Interval) -> Interval:
@@ -65,12 +102,16 @@ def add_spec(x: Interval, y: Interval) -> Interval:
 
 def add_bound(fmt: Format, xs, eps):
     """``ε_x + ε_y + r``, ``r = rounding_term(RN(x̂ + ŷ))`` (0 when an operand is 0: exact)."""
-    (x, y), (ex, ey) = xs, eps
-    z = add_runtime(fmt, x, y)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    z = fmt.add(x, y)
     return add_up(ex, ey, rounding_term(fmt, z, _zero(x) | _zero(y)))
 
 
 def add_vjp_runtime(fmt: Format, xs, g):
+    """``(g, g)`` (exact)."""
+    x, _ = _binary(fmt, *xs)
+    g = _grad(fmt, g, x)
     return g, g
 
 
@@ -79,7 +120,10 @@ def add_vjp_spec(xs, g: Interval):
 
 
 def add_vjp_bound(fmt: Format, xs, eps, g, eps_g):
-    return eps_g, eps_g
+    """``(ε_g, ε_g)``: both gradients are copies of ``g``."""
+    x, _ = _binary(fmt, *xs)
+    eg = _grad_eps(eps_g, _grad(fmt, g, x))
+    return eg, eg
 
 
 add = register(Primitive("add", add_runtime, add_spec, add_bound, add_vjp_runtime, add_vjp_spec,
@@ -89,8 +133,7 @@ add = register(Primitive("add", add_runtime, add_spec, add_bound, add_vjp_runtim
 # -- mul: z = x · y ---------------------------------------------------------------------------
 def mul_runtime(fmt: Format, x, y):
     """``RN(x · y)`` elementwise."""
-    checks.same_shape(("x", "y"), x, y)
-    return fmt.mul(checks.finite("x", x), checks.finite("y", y))
+    return fmt.mul(*_binary(fmt, x, y))
 
 
 def mul_spec(x: Interval, y: Interval) -> Interval:
@@ -110,14 +153,15 @@ def mul_error(fmt: Format, x, ex, y, ey):
 
 
 def mul_bound(fmt: Format, xs, eps):
-    (x, y), (ex, ey) = xs, eps
-    checks.same_shape(("x", "y"), x, y)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
     return mul_error(fmt, x, ex, y, ey)[1]
 
 
 def mul_vjp_runtime(fmt: Format, xs, g):
     """``(RN(g·y), RN(g·x))``."""
-    x, y = xs
+    x, y = _binary(fmt, *xs)
+    g = _grad(fmt, g, x)
     return fmt.mul(g, y), fmt.mul(g, x)
 
 
@@ -127,8 +171,12 @@ def mul_vjp_spec(xs, g: Interval):
 
 
 def mul_vjp_bound(fmt: Format, xs, eps, g, eps_g):
-    (x, y), (ex, ey) = xs, eps
-    return mul_error(fmt, g, eps_g, y, ey)[1], mul_error(fmt, g, eps_g, x, ex)[1]
+    """The product rule for each of ``RN(g·y)`` and ``RN(g·x)``."""
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    g = _grad(fmt, g, x)
+    eg = _grad_eps(eps_g, g)
+    return mul_error(fmt, g, eg, y, ey)[1], mul_error(fmt, g, eg, x, ex)[1]
 
 
 mul = register(Primitive("mul", mul_runtime, mul_spec, mul_bound, mul_vjp_runtime, mul_vjp_spec,
@@ -256,7 +304,7 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
         flat = [np.ascontiguousarray(v).reshape(-1) for v in (aa, bb)]   # one compiled signature
         with np.errstate(all="ignore"):
             out = fast.op_array(fast.OPS[op], *flat, p, emin, mx, rnd, ovf, False)
-        return _no_inf(fmt, out.reshape(aa.shape))
+        return out.reshape(aa.shape)
     aa, bb = np.broadcast_arrays(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
     out = np.frompyfunc(lambda s, t: float(reference.apply(op, fmt, to_exact(s), to_exact(t))),
                         2, 1)(aa, bb)
@@ -267,18 +315,7 @@ def _rn_op(fmt: Format, op: str, a, b, mode: str) -> np.ndarray:
                           math.copysign(1.0, v) if isinstance(v, float) else 1.0, 1, 1)
     sa = np.asarray(signs(aa), dtype=np.float64)
     sb = np.asarray(signs(bb), dtype=np.float64)
-    return _no_inf(fmt, np.where(out == 0, np.copysign(0.0, sa * sb), out))
-
-
-def _no_inf(fmt: Format, out: np.ndarray) -> np.ndarray:
-    """Infinite results from infinite operands (a non-finite upstream gradient) in a format
-    without infinities become NaN (``overflow="nan"``) or ±max (``"saturate"``), as the
-    format's own operations do."""
-    if fmt.overflow == "nan":
-        return np.where(np.isinf(out), np.nan, out)
-    if fmt.overflow == "saturate":
-        return np.where(np.isinf(out), np.copysign(float(fmt.max_finite), out), out)
-    return out
+    return np.where(out == 0, np.copysign(0.0, sa * sb), out)
 
 
 def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
@@ -329,8 +366,7 @@ def _sample_unary(rng, fmt: Format):
 # -- sub: z = x − y ---------------------------------------------------------------------------
 def sub_runtime(fmt: Format, x, y):
     """``RN(x − y)`` elementwise."""
-    checks.same_shape(("x", "y"), x, y)
-    return fmt.sub(checks.finite("x", x), checks.finite("y", y))
+    return fmt.sub(*_binary(fmt, x, y))
 
 
 def sub_spec(x: Interval, y: Interval) -> Interval:
@@ -358,15 +394,17 @@ def sub_bound(fmt: Format, xs, eps):
     when ``x̂ = 0`` (result ``−ŷ``), ``ŷ = 0`` (result ``x̂``) or by Sterbenz's lemma
     (:func:`_sterbenz`; includes ``x̂ = ŷ``) — the catastrophic-cancellation case, where the
     bound is then the input errors alone."""
-    (x, y) = xs
-    ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
-    z = sub_runtime(fmt, x, y)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    z = fmt.sub(x, y)
     exact = _zero(x) | _zero(y) | _sterbenz(fmt, x, y)
     return add_up(ex, ey, rounding_term(fmt, z, exact))
 
 
 def sub_vjp_runtime(fmt: Format, xs, g):
     """``(g, −g)`` (negation is exact)."""
+    x, _ = _binary(fmt, *xs)
+    g = _grad(fmt, g, x)
     return g, _neg(g)
 
 
@@ -376,7 +414,9 @@ def sub_vjp_spec(xs, g: Interval):
 
 def sub_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """Both gradients are ``±g`` exactly: ``(ε_g, ε_g)``."""
-    return eps_g, eps_g
+    x, _ = _binary(fmt, *xs)
+    eg = _grad_eps(eps_g, _grad(fmt, g, x))
+    return eg, eg
 
 
 sub = register(Primitive("sub", sub_runtime, sub_spec, sub_bound, sub_vjp_runtime, sub_vjp_spec,
@@ -386,7 +426,7 @@ sub = register(Primitive("sub", sub_runtime, sub_spec, sub_bound, sub_vjp_runtim
 # -- neg: z = −x ------------------------------------------------------------------------------
 def neg_runtime(fmt: Format, x):
     """``−x`` elementwise (exact: every format is symmetric about 0)."""
-    return _neg(checks.finite("x", x))
+    return _neg(checks.format_value("x", x, fmt))
 
 
 def neg_spec(x: Interval) -> Interval:
@@ -395,13 +435,13 @@ def neg_spec(x: Interval) -> Interval:
 
 def neg_bound(fmt: Format, xs, eps):
     """``ε_x``: an exact, 1-Lipschitz op charges no rounding."""
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
     return np.array(ex, dtype=np.float64)
 
 
 def neg_vjp_runtime(fmt: Format, xs, g):
     """``(−g,)``."""
-    return (_neg(g),)
+    return (_neg(_grad(fmt, g, _unary(fmt, xs)[0])),)
 
 
 def neg_vjp_spec(xs, g: Interval):
@@ -409,7 +449,8 @@ def neg_vjp_spec(xs, g: Interval):
 
 
 def neg_vjp_bound(fmt: Format, xs, eps, g, eps_g):
-    return (eps_g,)
+    """``(ε_g,)``: negation is exact."""
+    return (_grad_eps(eps_g, _grad(fmt, g, _unary(fmt, xs)[0])),)
 
 
 neg = register(Primitive("neg", neg_runtime, neg_spec, neg_bound, neg_vjp_runtime, neg_vjp_spec,
@@ -426,7 +467,7 @@ def scale_runtime(fmt: Format, x, *, c):
     ``c·x`` (not ``RN(RN(c)·x)``), so the spec ``c·x`` needs no representation-error term.
     To model a runtime that stores ``RN(c)``, pass ``c = RN(c)``.
     """
-    return scale_error(fmt, _constant("c", c), checks.finite("x", x), 0.0)[0]
+    return scale_error(fmt, _constant("c", c), checks.format_value("x", x, fmt), 0.0)[0]
 
 
 def scale_spec(x: Interval, *, c) -> Interval:
@@ -435,14 +476,14 @@ def scale_spec(x: Interval, *, c) -> Interval:
 
 def scale_bound(fmt: Format, xs, eps, *, c):
     """``|c|·ε_x + r`` (:func:`scale_error`)."""
-    (x,) = xs
-    (ex,) = _check_eps(("eps_x",), eps, xs)
-    return scale_error(fmt, _constant("c", c), checks.finite("x", x), ex)[1]
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    return scale_error(fmt, _constant("c", c), x, ex)[1]
 
 
 def scale_vjp_runtime(fmt: Format, xs, g, *, c):
-    """``(RN(c·g),)`` (a non-finite upstream gradient propagates, as in every VJP)."""
-    return (scale_error(fmt, _constant("c", c), g, 0.0)[0],)
+    """``(RN(c·g),)``."""
+    return (scale_error(fmt, _constant("c", c), _grad(fmt, g, _unary(fmt, xs)[0]), 0.0)[0],)
 
 
 def scale_vjp_spec(xs, g: Interval, *, c):
@@ -451,7 +492,8 @@ def scale_vjp_spec(xs, g: Interval, *, c):
 
 def scale_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     """``(|c|·ε_g + r,)`` with ``r`` the rounding term of ``RN(c·ĝ)``."""
-    return (scale_error(fmt, _constant("c", c), g, eps_g)[1],)
+    g = _grad(fmt, g, _unary(fmt, xs)[0])
+    return (scale_error(fmt, _constant("c", c), g, _grad_eps(eps_g, g))[1],)
 
 
 def _sample_scale(rng, fmt: Format):
@@ -474,8 +516,7 @@ scale = register(Primitive("scale", scale_runtime, scale_spec, scale_bound, scal
 def div_runtime(fmt: Format, x, y):
     """``RN(x / y)`` elementwise. ``ŷ = 0`` follows IEEE 754 (±inf, ``0/0`` NaN); the bound is
     then ``inf`` and the spec refuses (its ``y`` enclosure contains 0)."""
-    checks.same_shape(("x", "y"), x, y)
-    return fmt.div(checks.finite("x", x), checks.finite("y", y))
+    return fmt.div(*_binary(fmt, x, y))
 
 
 def div_spec(x: Interval, y: Interval) -> Interval:
@@ -487,16 +528,16 @@ def div_spec(x: Interval, y: Interval) -> Interval:
 
 def div_bound(fmt: Format, xs, eps):
     """``(ε_x + |x̂/ŷ|·ε_y)/(|ŷ| − ε_y) + r``, ``inf`` where ``|ŷ| ≤ ε_y`` (:func:`div_error`)."""
-    (x, y) = xs
-    ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
-    checks.same_shape(("x", "y"), x, y)
-    return div_error(fmt, checks.finite("x", x), ex, checks.finite("y", y), ey)[1]
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    return div_error(fmt, x, ex, y, ey)[1]
 
 
 def div_vjp_runtime(fmt: Format, xs, g):
     """PyTorch's ``DivBackward0`` order: ``g_x = RN(g/ŷ)``,
     ``g_y = RN(−g · RN(RN(x̂/ŷ)/ŷ))``."""
-    x, y = xs
+    x, y = _binary(fmt, *xs)
+    g = _grad(fmt, g, x)
     return fmt.div(g, y), fmt.mul(_neg(g), fmt.div(fmt.div(x, y), y))
 
 
@@ -512,12 +553,14 @@ def div_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """Replay of the runtime steps: ``g_x`` by the division rule on ``(ĝ, ε_g) / (ŷ, ε_y)``;
     ``t₁ = RN(x̂/ŷ)`` and ``t₂ = RN(t₁/ŷ)`` by the division rule (``t₁``'s spec is ``x/y``, so
     its bound feeds the next division as ``ε_x``), then the product rule for ``−ĝ·t₂``."""
-    (x, y) = xs
-    ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
-    _, egx = div_error(fmt, g, eps_g, y, ey)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    g = _grad(fmt, g, x)
+    eg = _grad_eps(eps_g, g)
+    _, egx = div_error(fmt, g, eg, y, ey)
     t1, e1 = div_error(fmt, x, ex, y, ey)
     t2, e2 = div_error(fmt, t1, e1, y, ey)
-    return egx, mul_error(fmt, _neg(g), eps_g, t2, e2)[1]
+    return egx, mul_error(fmt, _neg(g), eg, t2, e2)[1]
 
 
 def _sample_div(rng, fmt: Format):
@@ -571,8 +614,7 @@ def _safe_setup(fmt: Format, c):
 
 def safe_div_runtime(fmt: Format, x, y, *, c):
     """``RN(x / max(y, c))`` elementwise (``c > 0`` exact; see the note above)."""
-    checks.same_shape(("x", "y"), x, y)
-    x, y = checks.finite("x", x), checks.finite("y", y)
+    x, y = _binary(fmt, x, y)
     cq, mode, divide = _safe_setup(fmt, c)
     return divide(x, _safe_denominator(y, cq, mode))
 
@@ -596,10 +638,8 @@ def safe_div_bound(fmt: Format, xs, eps, *, c):
     """The division rule with the spec denominator ``d = max(y, c) ≥ c``:
     ``(ε_x + |q̂|·ε_d)/max(c, d̂ − ε_d) + r`` with ``d̂ = max(ŷ, c)``, ``ε_d`` from
     :func:`_safe_den_eps`; always finite unless the runtime overflows."""
-    (x, y) = xs
-    ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
-    checks.same_shape(("x", "y"), x, y)
-    x, y = checks.finite("x", x), checks.finite("y", y)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
     cq, mode, divide = _safe_setup(fmt, c)
     d = _safe_denominator(y, cq, mode)
     return div_error(fmt, x, ex, d, _safe_den_eps(y, ey, cq), -exact_up(-cq), divide)[1]
@@ -609,7 +649,8 @@ def safe_div_vjp_runtime(fmt: Format, xs, g, *, c):
     """With ``d̂ = max(ŷ, c)``: ``g_x = RN(g/d̂)``; ``g_y = 1[ŷ ≥ c] · RN(−g · RN(RN(x̂/d̂)/d̂))``
     (PyTorch: ``DivBackward0`` then ``ClampMinBackward``, which passes the gradient where
     ``ŷ ≥ c``)."""
-    x, y = xs
+    x, y = _binary(fmt, *xs)
+    g = _grad(fmt, g, x)
     cq, mode, divide = _safe_setup(fmt, c)
     d = _safe_denominator(y, cq, mode)
     gy = fmt.mul(_neg(g), divide(divide(x, d), d))
@@ -632,16 +673,18 @@ def safe_div_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     then the indicator ``1[y ≥ c]``. It surely agrees with the runtime's where
     ``ŷ − ε_y ≥ c`` (both 1: bound ``e``) or ``ŷ + ε_y < c`` (both 0: bound 0); elsewhere the
     four cases give ``|G − G_S| ≤ e``, ``|G|``, ``|G_S| ≤ |G| + e`` or 0, so ``|G| + e``."""
-    (x, y) = xs
-    ex, ey = _check_eps(("eps_x", "eps_y"), eps, xs)
+    x, y = _binary(fmt, *xs)
+    ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
+    g = _grad(fmt, g, x)
+    eg = _grad_eps(eps_g, g)
     cq, mode, divide = _safe_setup(fmt, c)
     d = _safe_denominator(y, cq, mode)
     ed = _safe_den_eps(y, ey, cq)
     floor = -exact_up(-cq)
-    _, egx = div_error(fmt, g, eps_g, d, ed, floor, divide)
+    _, egx = div_error(fmt, g, eg, d, ed, floor, divide)
     t1, e1 = div_error(fmt, x, ex, d, ed, floor, divide)
     t2, e2 = div_error(fmt, t1, e1, d, ed, floor, divide)
-    G, e = mul_error(fmt, _neg(g), eps_g, t2, e2)
+    G, e = mul_error(fmt, _neg(g), eg, t2, e2)
     y_lo, y_hi = _float_lo_hi(y)
     c_hi = exact_up(cq)
     both_one = _sub_down(y_lo, ey) >= c_hi
@@ -664,7 +707,7 @@ safe_div = register(Primitive("safe_div", safe_div_runtime, safe_div_spec, safe_
 # -- abs: z = |x| ------------------------------------------------------------------------------
 def abs_runtime(fmt: Format, x):
     """``|x|`` elementwise (exact)."""
-    return np.abs(checks.finite("x", x))
+    return np.abs(checks.format_value("x", x, fmt))
 
 
 def abs_spec(x: Interval) -> Interval:
@@ -673,15 +716,15 @@ def abs_spec(x: Interval) -> Interval:
 
 def abs_bound(fmt: Format, xs, eps):
     """``ε_x``: ``|·|`` is exact and 1-Lipschitz (``||x̂| − |x|| ≤ |x̂ − x|``)."""
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
     return np.array(ex, dtype=np.float64)
 
 
 def abs_vjp_runtime(fmt: Format, xs, g):
     """``(g·sgn(x̂),)`` with ``sgn(0) = 0`` (PyTorch ``AbsBackward0``: ``grad * self.sgn()``);
     exact: the result is ``g``, ``−g`` or 0."""
-    (x,) = xs
-    xa = np.asarray(x)
+    (xa,) = _unary(fmt, xs)
+    g = _grad(fmt, g, xa)
     return (np.where(xa > 0, g, np.where(xa < 0, _neg(g), _zero_of(g))),)
 
 
@@ -701,14 +744,16 @@ def abs_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     the runtime gradient is 0 and the spec's is ``s·g_S`` with ``|g_S| ≤ |ĝ| + ε_g`` (0 when
     also ``ε_x = 0``). Where ``0 < |x̂| ≤ ε_x`` the signs may differ:
     ``|sgn(x̂)ĝ − s·g_S| ≤ |ĝ| + |g_S| ≤ 2|ĝ| + ε_g``."""
-    (x,) = xs
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    g = _grad(fmt, g, x)
+    eg = _grad_eps(eps_g, g)
     ag = _abs(g)
     zero = _zero(x)
     sure = _abs_down(x) > ex
-    return (_nan_to_inf(np.where(sure, eps_g,
-                                 np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eps_g)),
-                                          add_up(ag, ag, eps_g)))),)
+    return (_nan_to_inf(np.where(sure, eg,
+                                 np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eg)),
+                                          add_up(ag, ag, eg)))),)
 
 
 abs_ = register(Primitive("abs", abs_runtime, abs_spec, abs_bound, abs_vjp_runtime, abs_vjp_spec,
@@ -718,7 +763,7 @@ abs_ = register(Primitive("abs", abs_runtime, abs_spec, abs_bound, abs_vjp_runti
 # -- relu: z = max(x, 0) -------------------------------------------------------------------------
 def relu_runtime(fmt: Format, x):
     """``max(x, 0)`` elementwise (exact; +0 for ``x ≤ 0``)."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     return np.where(np.asarray(x) > 0, x, _zero_of(x))
 
 
@@ -728,13 +773,14 @@ def relu_spec(x: Interval) -> Interval:
 
 def relu_bound(fmt: Format, xs, eps):
     """``ε_x``: relu is exact and 1-Lipschitz."""
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
     return np.array(ex, dtype=np.float64)
 
 
 def relu_vjp_runtime(fmt: Format, xs, g):
     """``(g·1[x̂ > 0],)`` — PyTorch's ``threshold_backward``: ``relu'(0) = 0`` (exact)."""
-    (x,) = xs
+    (x,) = _unary(fmt, xs)
+    g = _grad(fmt, g, x)
     return (np.where(np.asarray(x) > 0, g, _zero_of(g)),)
 
 
@@ -751,15 +797,17 @@ def relu_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     input may sit on the other side of the kink): if ``x̂ > 0`` the runtime gradient is ``ĝ``
     and the spec's ``g_S`` or 0, so ``max(ε_g, |ĝ|)``; if ``x̂ ≤ 0`` it is 0 and the spec's 0 or
     ``g_S``, so ``|ĝ| + ε_g``."""
-    (x,) = xs
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    g = _grad(fmt, g, x)
+    eg = _grad_eps(eps_g, g)
     lo, hi = _float_lo_hi(x)
     ag = _abs(g)
     positive = np.asarray(x) > 0
     both_one = lo > ex
     both_zero = hi <= -ex
-    unsure = np.where(positive, np.maximum(ag, eps_g), add_up(ag, eps_g))
-    return (_nan_to_inf(np.where(both_one, eps_g, np.where(both_zero, 0.0, unsure))),)
+    unsure = np.where(positive, np.maximum(ag, eg), add_up(ag, eg))
+    return (_nan_to_inf(np.where(both_one, eg, np.where(both_zero, 0.0, unsure))),)
 
 
 relu = register(Primitive("relu", relu_runtime, relu_spec, relu_bound, relu_vjp_runtime,
@@ -791,12 +839,16 @@ def _sqrt_interval(x: Interval, who: str) -> Interval:
     return Interval(lo, hi)
 
 
-def sqrt_runtime(fmt: Format, x):
-    """``RN(√x)`` elementwise; ``ValueError`` for a negative entry (not a silent NaN)."""
-    x = checks.finite("x", x)
+def _sqrt_values(fmt: Format, x):
+    """``RN(√x̂)`` of runtime values; ``ValueError`` for a negative entry (not a silent NaN)."""
     if np.any(np.asarray(x) < 0):
         raise ValueError("sqrt: x has negative entries")
     return fmt.sqrt(x)
+
+
+def sqrt_runtime(fmt: Format, x):
+    """``RN(√x)`` elementwise; ``ValueError`` for a negative entry (not a silent NaN)."""
+    return _sqrt_values(fmt, checks.format_value("x", x, fmt))
 
 
 def sqrt_spec(x: Interval) -> Interval:
@@ -814,7 +866,7 @@ def sqrt_error(fmt: Format, x, ex):
     ``RN(√x̂)``, 0 at ``x̂ = 0``. Denominator rounded down, the rest up.
     Returns ``(RN(√x̂), bound)``.
     """
-    z = sqrt_runtime(fmt, x)
+    z = _sqrt_values(fmt, x)
     r = rounding_term(fmt, z, _zero(x))
     lo, _ = _float_lo_hi(x)
     den = np.maximum(_down(_sqrt_down(lo) + _sqrt_down(_sub_down(lo, ex))), 0.0)
@@ -823,16 +875,17 @@ def sqrt_error(fmt: Format, x, ex):
 
 
 def sqrt_bound(fmt: Format, xs, eps):
-    (x,) = xs
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
     return sqrt_error(fmt, x, ex)[1]
 
 
 def sqrt_vjp_runtime(fmt: Format, xs, g):
     """PyTorch's ``SqrtBackward0``, ``g / (2·result)``: ``RN(g / RN(2·RN(√x̂)))``
     (``x̂ = 0`` gives ±inf or NaN, and an infinite bound)."""
-    (x,) = xs
-    return (fmt.div(g, scale_error(fmt, mpq(2), sqrt_runtime(fmt, x), 0.0)[0]),)
+    (x,) = _unary(fmt, xs)
+    g = _grad(fmt, g, x)
+    return (fmt.div(g, scale_error(fmt, mpq(2), _sqrt_values(fmt, x), 0.0)[0]),)
 
 
 def sqrt_vjp_spec(xs, g: Interval):
@@ -846,11 +899,12 @@ def sqrt_vjp_spec(xs, g: Interval):
 def sqrt_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """Replay: ``ŝ = RN(√x̂)`` (:func:`sqrt_error`), ``t̂ = RN(2ŝ)`` (:func:`scale_error`,
     ``c = 2``), then the division rule for ``ĝ / t̂`` (``inf`` where ``t̂ ≤ ε_t``)."""
-    (x,) = xs
-    (ex,) = _check_eps(("eps_x",), eps, xs)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    g = _grad(fmt, g, x)
     s, es = sqrt_error(fmt, x, ex)
     t, et = scale_error(fmt, mpq(2), s, es)
-    return (div_error(fmt, g, eps_g, t, et)[1],)
+    return (div_error(fmt, g, _grad_eps(eps_g, g), t, et)[1],)
 
 
 def _sample_sqrt(rng, fmt: Format):

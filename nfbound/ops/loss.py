@@ -4,6 +4,17 @@ Both return a 0-d array. The mean divides the rounded sum by the exact element c
 (:func:`~nfbound.ops.pool.divide_by_count`: one rounding of ``ŝ/n``; ``n`` is not rounded to
 the format). Reductions take ``order`` (default sequential, TorchLean). Targets are not
 differentiable: their gradient is ``None``.
+
+Inputs. The runtime, bound and VJP rules take runtime values: ``input``, the ``target`` of
+``mse_loss`` and the upstream gradient ``g`` (a 0-d array, the loss's shape) must be finite
+values of the format (``checks.format_value``; a ``ValueError`` names the argument
+otherwise). The ``target`` of ``cross_entropy`` holds class indices, not format values:
+integers (or integral numbers) in ``[0, C)``, with error bound 0.
+
+Overflow and domain errors. A runtime step that overflows (±inf, NaN or a saturated
+±max_finite: a squared difference, a sum, an exponential) makes the bound ``inf`` — never a
+finite wrong number. Neither loss has a domain error for finite inputs: the logarithm of
+cross_entropy is taken of a sum ``≥ 1`` (spec and runtime alike).
 """
 from __future__ import annotations
 
@@ -22,7 +33,7 @@ from .primitive import Primitive, register
 from .softmax import (_excluded_max, _exp_down, _finite, box_factors, exp_enclosure,
                       softmax_last, softmax_last_error, softmax_last_spec, stable_exp_sum,
                       stable_exp_sum_error)
-from .transcendental import safe_log_runtime, safe_log_spec
+from .transcendental import safe_log_spec, safe_log_values
 
 
 def _const(c: int, like):
@@ -45,16 +56,19 @@ def _square(d: Interval) -> Interval:
     return Interval(np.asarray(lo, dtype=object), np.asarray(hi, dtype=object))
 
 
-def _scalar_g(g, name: str = "g") -> None:
+def _scalar_g(fmt: Format, g) -> np.ndarray:
+    """The upstream gradient of a loss: a 0-d array (the loss's shape) holding a runtime value
+    of ``fmt``."""
     if np.shape(g) != ():
-        raise ValueError(f"{name} must be a scalar (the loss is 0-d), got shape {np.shape(g)}")
+        raise ValueError(f"g must be a scalar (the loss is 0-d), got shape {np.shape(g)}")
+    return checks.format_value("g", g, fmt)
 
 
 # -- mse_loss: mean((x − t)²) --------------------------------------------------------------
-def _check_mse(input, target):
-    x = checks.finite("input", input)
-    t = checks.finite("target", target)
-    checks.same_shape(("input", "target"), x, t)
+def _check_mse(fmt: Format, input, target):
+    checks.same_shape(("input", "target"), input, target)
+    x = checks.format_value("input", input, fmt)
+    t = checks.format_value("target", target, fmt)
     if np.size(x) == 0:
         raise ValueError("mse_loss of an empty input (the mean of no terms is undefined)")
     return x, t
@@ -70,7 +84,7 @@ def _diff_error(fmt: Format, x, ex, t, et):
 def mse_loss_runtime(fmt: Format, input, target, *, order: str = "sequential"):
     """``L = RN(Ŝ / n)``, ``Ŝ`` the rounded sum in ``order`` (row-major element order) of
     ``q̂_i = RN(d̂_i · d̂_i)``, ``d̂_i = RN(x̂_i − t̂_i)``; ``n`` the number of elements."""
-    x, t = _check_mse(input, target)
+    x, t = _check_mse(fmt, input, target)
     check_order(order)
     d = fmt.sub(x, t)
     q = fmt.mul(d, d)
@@ -98,7 +112,7 @@ def mse_loss_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
     * ``L = RN(Ŝ/n)``: ``e_S/n + r``.
     """
     (x, t), (ex, et) = xs, eps
-    x, t = _check_mse(x, t)
+    x, t = _check_mse(fmt, x, t)
     check_order(order)
     ex, et = checks.eps_like("eps[0]", ex, x), checks.eps_like("eps[1]", et, t)
     d, ed = _diff_error(fmt, x, ex, t, et)
@@ -111,10 +125,9 @@ def mse_loss_vjp_runtime(fmt: Format, xs, g, *, order: str = "sequential"):
     """``∂L/∂x_i = (2/n)(x_i − t_i)·g`` (seed MlpMse ``mseGrad``), computed as
     ``h = RN(RN(2·ĝ)/n)`` once, then ``RN(d̂_i · h)`` with ``d̂_i = RN(x̂_i − t̂_i)``.
     The target gets ``None``."""
-    x, t = _check_mse(*xs)
+    x, t = _check_mse(fmt, *xs)
     check_order(order)
-    _scalar_g(g)
-    g = np.asarray(g)
+    g = _scalar_g(fmt, g)
     h = divide_by_count(fmt, fmt.mul(_const(2, g), g), np.size(x))
     d = fmt.sub(x, t)
     return fmt.mul(d, np.broadcast_to(h, np.shape(d))), None
@@ -134,12 +147,11 @@ def mse_loss_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequenti
     * ``ĥ = RN(2ĝ/n)``: ``ε_h = ε_{2g}/n + r``;
     * ``RN(d̂_i · ĥ)``: the product rule ``|d̂|ε_h + |ĥ|ε_d + ε_d ε_h + r``."""
     (x, t), (ex, et) = xs, eps
-    x, t = _check_mse(x, t)
+    x, t = _check_mse(fmt, x, t)
     check_order(order)
-    _scalar_g(g)
+    g = _scalar_g(fmt, g)
     ex, et = checks.eps_like("eps[0]", ex, x), checks.eps_like("eps[1]", et, t)
     eg = checks.eps_like("eps_g", eps_g, g)
-    g = np.asarray(g)
     g2 = fmt.mul(_const(2, g), g)
     exact = _zero(g)
     if fmt.radix == 2 and g2.dtype != object:
@@ -190,11 +202,11 @@ def _targets(target, N: int, C: int) -> np.ndarray:
     return idx
 
 
-def _check_ce(input, target):
+def _check_ce(fmt: Format, input, target):
     x = np.asarray(input)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"input must be logits of shape (N, C) with N, C ≥ 1, got {x.shape}")
-    x = checks.finite("input", x)
+    x = checks.format_value("input", x, fmt)
     return x, _targets(target, *x.shape)
 
 
@@ -217,15 +229,15 @@ def _ce_rows(fmt: Format, x, t, order: str):
 
 
 def _log_safe(fmt: Format, s):
-    """``RN(log ŝ)`` (``safe_log_runtime``; ``ŝ ≥ 1`` when finite, so its clamp never acts);
+    """``RN(log ŝ)`` (``safe_log_values``; ``ŝ ≥ 1`` when finite, so its clamp never acts);
     an overflowed ``ŝ`` (±inf, NaN) passes through (``log ∞ = ∞``; the bound is then ``inf``)."""
     s = np.asarray(s)
     ok = _finite(s)
     if ok.all():
-        return np.asarray(safe_log_runtime(fmt, s))
+        return np.asarray(safe_log_values(fmt, s))
     out = s.copy()
     if ok.any():
-        out[ok] = safe_log_runtime(fmt, s[ok])
+        out[ok] = safe_log_values(fmt, s[ok])
     return out
 
 
@@ -233,9 +245,9 @@ def cross_entropy_runtime(fmt: Format, input, target, *, order: str = "sequentia
     """``L = RN(Ŝ/N)``, ``Ŝ`` the rounded sum (``order``) of the per-row losses
     ``ℓ̂_n = RN(RN(log ŝ_n) − d̂_{n,t_n})``: ``−log_softmax(x)_t`` as torch computes it
     (``x − m − log Σ e^(x − m)``), ``logsumexp = m + log ŝ`` never formed (no large
-    cancellation). ``log`` is ``transcendental.safe_log_runtime`` (correctly rounded;
+    cancellation). ``log`` is ``transcendental.safe_log_values`` (correctly rounded;
     ``ŝ ≥ 1`` so its clamp never acts)."""
-    x, t = _check_ce(input, target)
+    x, t = _check_ce(fmt, input, target)
     check_order(order)
     rows = _ce_rows(fmt, x, t, order)
     total, _ = sequential_sum(fmt, rows, None, order=order)
@@ -346,7 +358,7 @@ def cross_entropy_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
 def cross_entropy_fused(fmt: Format, xs, eps, *, order: str = "sequential"):
     """``(cross_entropy_runtime, cross_entropy_bound)`` in one pass."""
     (x, t), (ex, et) = xs, eps
-    x, t = _check_ce(x, t)
+    x, t = _check_ce(fmt, x, t)
     check_order(order)
     _target_eps(et, x.shape[0])
     ex = np.asarray(checks.eps_like("eps[0]", ex, x), dtype=np.float64)
@@ -360,12 +372,12 @@ def cross_entropy_vjp_runtime(fmt: Format, xs, g, *, order: str = "sequential"):
     """``∂L/∂x_{n,c} = (g/N)(y_{n,c} − 1[c = t_n])`` as ``RN(v̂ · k̂)`` with
     ``v̂ = RN(ŷ − onehot)`` (``ŷ`` the runtime softmax of each row) and ``k̂ = RN(ĝ/N)``.
     The target gets ``None``."""
-    x, t = _check_ce(*xs)
+    x, t = _check_ce(fmt, *xs)
     check_order(order)
-    _scalar_g(g)
+    g = _scalar_g(fmt, g)
     y = softmax_last(fmt, x, order)
     v = fmt.sub(y, _onehot(t, x.shape, y))
-    k = divide_by_count(fmt, np.asarray(g), x.shape[0])
+    k = divide_by_count(fmt, g, x.shape[0])
     return fmt.mul(v, np.broadcast_to(k, v.shape)), None
 
 
@@ -398,10 +410,10 @@ def cross_entropy_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
 def cross_entropy_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential"):
     """``(cross_entropy_vjp_runtime, cross_entropy_vjp_bound)`` in one pass."""
     (x, t), (ex, et) = xs, eps
-    x, t = _check_ce(x, t)
+    x, t = _check_ce(fmt, x, t)
     check_order(order)
     _target_eps(et, x.shape[0])
-    _scalar_g(g)
+    g = _scalar_g(fmt, g)
     ex = np.asarray(checks.eps_like("eps[0]", ex, x), dtype=np.float64)
     eg = checks.eps_like("eps_g", eps_g, g)
     y, ey = softmax_last_error(fmt, x, ex, order)
@@ -410,7 +422,7 @@ def cross_entropy_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
     off = np.arange(x.shape[1])[None, :] != t[:, None]
     half = _at_least_half(y)
     ev = add_up(ey, rounding_term(fmt, v, off | half | _zero(y)))
-    k, ek = divide_by_count_error(fmt, np.asarray(g), eg, x.shape[0])
+    k, ek = divide_by_count_error(fmt, g, eg, x.shape[0])
     out, eo = mul_error(fmt, v, ev, np.broadcast_to(k, v.shape), np.broadcast_to(ek, v.shape))
     return (out, None), (np.where(_finite(out), eo, np.inf), None)
 

@@ -28,6 +28,15 @@ fixed (``order`` selects the order of avg_pool's forward window sums only).
 Shared with :mod:`~nfbound.ops.softmax` and :mod:`~nfbound.ops.loss`: :func:`sequential_sum`
 (``accumulate`` with a compiled engine for the sequential orders, identical results) and
 :func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule.
+
+Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
+``g`` (of the output's shape ``(N, C, *out)``) must be finite values of the format
+(``checks.format_value``; a ``ValueError`` names the argument otherwise).
+
+Overflow and domain errors. max_pool is exact and cannot overflow. An avg_pool window sum or
+a gradient accumulation that overflows (±inf, NaN or a saturated ±max_finite) gets the bound
+``inf`` — never a finite wrong number. Pooling has no domain errors; bad geometry
+(kernel, stride, padding, shapes) raises ``ValueError`` naming the parameter.
 """
 from __future__ import annotations
 
@@ -157,13 +166,20 @@ def scatter_windows(fmt: Format | None, contrib, in_shape, k, s, p, out, eps=Non
     return acc[crop].copy(), acc_e[crop].copy()
 
 
-def _check_input(x, name: str = "x") -> np.ndarray:
-    return checks.finite(name, x)
+def _check_input(fmt: Format, x) -> np.ndarray:
+    """The input of a rule: runtime values of ``fmt``."""
+    return checks.format_value("x", x, fmt)
 
 
-def _check_g(g, out_shape, name: str = "g") -> None:
+def _check_g_shape(g, out_shape) -> None:
     if np.shape(g) != tuple(out_shape):
-        raise ValueError(f"{name} must have the output's shape {tuple(out_shape)}, got {np.shape(g)}")
+        raise ValueError(f"g must have the output's shape {tuple(out_shape)}, got {np.shape(g)}")
+
+
+def _check_g(fmt: Format, g, out_shape) -> np.ndarray:
+    """The upstream gradient of a rule: the output's shape, runtime values of ``fmt``."""
+    _check_g_shape(g, out_shape)
+    return checks.format_value("g", g, fmt)
 
 
 def _out_shape(in_shape, out) -> tuple[int, ...]:
@@ -294,7 +310,7 @@ def _argmax(xw: np.ndarray) -> np.ndarray:
 
 def max_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0):
     """``y_w = max_{κ} x_pad[w·s + κ]`` (exact: no rounding)."""
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _neg_fill(x))
     return np.take_along_axis(xw, _argmax(xw)[..., None], axis=-1)[..., 0]
@@ -350,7 +366,7 @@ def max_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0)
     ``x̂_t − x_a ≤ x̂_t − x_t ≤ ε_t`` (``x_t ≤ x_a``). At most the max of ``ε`` over the window
     (max is 1-Lipschitz in ∞-norm); exact op, no rounding term."""
     (x,), (ex,) = xs, eps
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     e = checks.eps_like("eps", ex, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw, ew, low, high = _window_bounds(x, e, k, s, p, out)
@@ -362,11 +378,11 @@ def max_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, paddin
     """``g`` of each window routed to its first argmax, accumulated (rounded, row-major window
     order) where windows overlap."""
     (x,) = xs
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
-    _check_g(g, _out_shape(x.shape, out))
+    g = _check_g(fmt, g, _out_shape(x.shape, out))
     xw = windows(x, k, s, p, out, _neg_fill(x))
-    contrib = _route(np.asarray(g), _argmax(xw), xw.shape[-1])
+    contrib = _route(g, _argmax(xw), xw.shape[-1])
     return (scatter_windows(fmt, contrib, x.shape, k, s, p, out),)
 
 
@@ -389,7 +405,7 @@ def max_pool_vjp_spec(xs, g: Interval, *, kernel_size, stride=None, padding=0):
     """
     (x,) = xs
     k, s, p, out = pool_geometry(x.shape, kernel_size, stride, padding)
-    _check_g(g.lo, _out_shape(x.shape, out))
+    _check_g_shape(g.lo, _out_shape(x.shape, out))
     fill = _neg_fill(x.lo)
     wl = windows(x.lo, k, s, p, out, fill)
     wh = wl if x.lo is x.hi else windows(x.hi, k, s, p, out, fill)
@@ -424,10 +440,10 @@ def max_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=No
     (window order), so its bound is the replay ``Σ δ + Σ r_k`` (:func:`scatter_windows`).
     """
     (x,), (ex,) = xs, eps
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     e = checks.eps_like("eps", ex, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
-    _check_g(g, _out_shape(x.shape, out))
+    g = _check_g(fmt, g, _out_shape(x.shape, out))
     eg = checks.eps_like("eps_g", eps_g, g)
     xw, _, low, high = _window_bounds(x, e, k, s, p, out)
     t, cand, certain = _candidates(xw, low, high)
@@ -436,7 +452,7 @@ def max_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=No
     unsure = add_up(_abs(g), eg)[..., None]
     delta = np.where(certain[..., None], np.where(hit, eg[..., None], 0.0),
                      np.where(cand, unsure, 0.0))
-    contrib = _route(np.asarray(g), t, K)
+    contrib = _route(g, t, K)
     return (scatter_windows(fmt, contrib, x.shape, k, s, p, out, eps=delta)[1],)
 
 
@@ -467,7 +483,7 @@ def avg_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0,
                      order: str = "sequential"):
     """``y_w = RN(ŝ_w / n)``, ``ŝ_w`` the rounded sum of the zero-padded window in ``order``
     (default sequential, row-major kernel order), ``n = Πk``."""
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     check_order(order)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _zero_fill(x))
@@ -494,7 +510,7 @@ def avg_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0,
     (:func:`~nfbound.ops.accumulate.accumulate`; padding terms are exact zeros), then the
     exact-divisor division rule (:func:`divide_by_count_error`)."""
     (x,), (ex,) = xs, eps
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     check_order(order)
     e = checks.eps_like("eps", ex, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
@@ -509,12 +525,12 @@ def avg_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, paddin
     """``q_w = RN(g_w / n)`` spread over window ``w``, accumulated (rounded, row-major window
     order) where windows overlap; padding positions dropped."""
     (x,) = xs
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     check_order(order)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
-    _check_g(g, _out_shape(x.shape, out))
+    g = _check_g(fmt, g, _out_shape(x.shape, out))
     n = int(np.prod(k))
-    q = divide_by_count(fmt, np.asarray(g), n)
+    q = divide_by_count(fmt, g, n)
     contrib = np.repeat(q[..., None], n, axis=-1)
     return (scatter_windows(fmt, contrib, x.shape, k, s, p, out),)
 
@@ -524,7 +540,7 @@ def avg_pool_vjp_spec(xs, g: Interval, *, kernel_size, stride=None, padding=0,
     (x,) = xs
     check_order(order)
     k, s, p, out = pool_geometry(x.shape, kernel_size, stride, padding)
-    _check_g(g.lo, _out_shape(x.shape, out))
+    _check_g_shape(g.lo, _out_shape(x.shape, out))
     n = int(np.prod(k))
 
     def spread(a):
@@ -540,13 +556,13 @@ def avg_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=No
     division rule); the input gradient is the rounded sum of the ``q̂`` of the windows covering
     the position: replay ``Σ δ + Σ r_k``."""
     (x,) = xs
-    x = _check_input(x)
+    x = _check_input(fmt, x)
     check_order(order)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
-    _check_g(g, _out_shape(x.shape, out))
+    g = _check_g(fmt, g, _out_shape(x.shape, out))
     eg = checks.eps_like("eps_g", eps_g, g)
     n = int(np.prod(k))
-    q, dq = divide_by_count_error(fmt, np.asarray(g), eg, n)
+    q, dq = divide_by_count_error(fmt, g, eg, n)
     contrib = np.repeat(q[..., None], n, axis=-1)
     delta = np.repeat(np.asarray(dq, dtype=np.float64)[..., None], n, axis=-1)
     return (scatter_windows(fmt, contrib, x.shape, k, s, p, out, eps=delta)[1],)

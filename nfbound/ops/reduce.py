@@ -26,6 +26,17 @@ Axis conventions (NumPy names, PyTorch semantics): ``axis`` is an int (negative 
 end) or ``None`` for all elements in row-major order; ``keepdims`` keeps the reduced axis with
 size 1. The module attributes ``sum`` and ``max`` are the primitives (they shadow the
 builtins inside this module, which therefore uses NumPy's).
+
+Inputs. The runtime, bound and VJP rules (and ``sum_error``/``mean_error``/``max_error``) take
+runtime values: ``x`` and the upstream gradient ``g`` must be finite values of the format
+(``checks.format_value``; a ``ValueError`` names the argument otherwise), and ``g`` must have
+the output's shape exactly (with or without the kept axis, per ``keepdims``).
+
+Overflow and domain errors. A rounded partial sum that overflows (±inf, NaN or a saturated
+±max_finite) makes the replay bound ``inf``; the order-free bound is ``inf`` wherever an
+operand of some rounding *could* exceed the largest finite value (:func:`overflow_guard`), so
+a saturating format never gets a finite wrong bound. ``max`` is exact and cannot overflow.
+Reductions have no domain errors; ``mean``/``max`` of an empty axis raise ``ValueError``.
 """
 from __future__ import annotations
 
@@ -140,10 +151,20 @@ def overflow_guard(fmt: Format, magnitude, bound) -> np.ndarray:
     b = np.asarray(bound, dtype=np.float64)
     if fmt.max_finite is None:
         return b
-    mx = float(fmt.max_finite)           # a binary64 value ≤ max_finite (exact when it fits)
-    if mx > fmt.max_finite:
-        mx = float(np.nextafter(mx, 0.0))
-    return np.where(np.asarray(magnitude) <= mx, b, np.inf)
+    return np.where(np.asarray(magnitude) <= _max_finite_down(fmt), b, np.inf)
+
+
+_DBL_MAX_Q = mpq(np.finfo(np.float64).max)
+
+
+def _max_finite_down(fmt: Format) -> float:
+    """The largest binary64 value ``≤ max_finite``: ``max_finite`` itself when it is one, the
+    largest finite binary64 number when ``max_finite`` is beyond binary64's range (decimal64:
+    a finite float64 magnitude then never exceeds it, and ``inf`` does)."""
+    if fmt.max_finite >= _DBL_MAX_Q:
+        return float(np.finfo(np.float64).max)
+    mx = float(fmt.max_finite)
+    return float(np.nextafter(mx, 0.0)) if mx > fmt.max_finite else mx
 
 
 def order_free_sum_bound(fmt: Format, abs_sum, n: int, eps_sum) -> np.ndarray:
@@ -176,13 +197,6 @@ def _abs_up(x) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:
         return exact_array_up(np.vectorize(abs, otypes=[object])(a))
-    return np.abs(a.astype(np.float64, copy=False))
-
-
-def _abs_down(x) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == object:
-        return -exact_array_up(np.vectorize(lambda v: -abs(v), otypes=[object])(a))
     return np.abs(a.astype(np.float64, copy=False))
 
 
@@ -231,6 +245,13 @@ def _check_bool(name: str, v) -> bool:
     return bool(v)
 
 
+def _vjp_args(fmt: Format, xs, g):
+    """``(x, g)`` of a VJP rule, both checked to be runtime values of ``fmt`` (``g``'s shape is
+    checked against the output's by :func:`_check_out`)."""
+    (x,) = xs
+    return checks.format_value("x", x, fmt), checks.format_value("g", g, fmt)
+
+
 def _axis(x: np.ndarray, axis) -> int | None:
     """Normalised axis (``None`` = all elements, row-major); ``ValueError`` naming ``axis``."""
     if axis is None:
@@ -261,15 +282,26 @@ def _finish(out, shape: tuple, axis: int | None, keepdims: bool):
     return o.reshape(_kept_shape(shape, axis)) if keepdims else o
 
 
-def _expand(g, shape: tuple, axis: int | None, name: str = "g") -> np.ndarray:
-    """An output-shaped array broadcast back over the reduced axis (exact: copies)."""
-    ga = np.asarray(g)
-    kept = _kept_shape(shape, axis)
-    red = tuple(s for i, s in enumerate(kept) if not (axis is None or i == axis)) \
-        if axis is not None else ()
-    if ga.shape not in (kept, red):
-        raise ValueError(f"{name} has shape {ga.shape}, expected {red} (or {kept} with keepdims)")
-    return np.array(np.broadcast_to(ga.reshape(kept), shape))
+def _out_shape(shape: tuple, axis: int | None, keepdims: bool) -> tuple:
+    """The shape of a reduction's output."""
+    if keepdims:
+        return _kept_shape(shape, axis)
+    return () if axis is None else shape[:axis] + shape[axis + 1:]
+
+
+def _check_out(g, shape: tuple, axis: int | None, keepdims: bool, name: str = "g") -> None:
+    """``g`` has the output's shape (``ValueError`` naming ``name`` otherwise: no silent
+    broadcasting)."""
+    out = _out_shape(shape, axis, keepdims)
+    if np.shape(g) != out:
+        raise ValueError(f"{name} has shape {np.shape(g)}, expected the output's shape {out}")
+
+
+def _expand(g, shape: tuple, axis: int | None, keepdims: bool, name: str = "g") -> np.ndarray:
+    """An array of the output's shape (:func:`_check_out`) broadcast back over the reduced axis
+    (exact: copies)."""
+    _check_out(g, shape, axis, keepdims, name)
+    return np.array(np.broadcast_to(np.asarray(g).reshape(_kept_shape(shape, axis)), shape))
 
 
 def _sum_terms(x, e, axis: int | None):
@@ -309,7 +341,7 @@ def sum_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
     exact addition of 0). ``order_free``: :func:`order_free_sum_bound` — holds for the sum
     computed in any order by anyone (so for the runtime in every ``order``).
     """
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, axis)
     order_free = _check_bool("order_free", order_free)
     ex = checks.eps_like("eps", ex, x)
@@ -333,9 +365,14 @@ def _finite_runtime(s) -> np.ndarray:
 def sum_runtime(fmt: Format, x, *, axis: int | None = None, keepdims: bool = False,
                 order: str = "sequential", order_free: bool = False):
     """``Σ_k x_k`` along ``axis``, every partial sum rounded, in ``order``."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, axis)
     _check_bool("order_free", order_free)
+    return _sum_values(fmt, x, ax, keepdims, order)
+
+
+def _sum_values(fmt: Format, x: np.ndarray, ax: int | None, keepdims: bool, order: str):
+    """The rounded sum of checked runtime values along the normalised axis ``ax``."""
     t, _, term = _sum_terms(x, None, ax)
     s, _ = stream_reduce(fmt, t.shape[-1], term, order, need_bound=False,
                          zero=_zeros_like_runtime(x, t.shape[:-1]))
@@ -357,23 +394,25 @@ def sum_bound(fmt: Format, xs, eps, *, axis=None, keepdims=False, order="sequent
 def sum_vjp_runtime(fmt: Format, xs, g, *, axis=None, keepdims=False, order="sequential",
                     order_free=False):
     """``∂/∂x_k = g`` for every ``k``: ``g`` broadcast over the reduced axis (exact)."""
-    (x,) = xs
-    return (_expand(g, np.shape(x), _axis(x, axis)),)
+    x, g = _vjp_args(fmt, xs, g)
+    return (_expand(g, np.shape(x), _axis(x, axis), keepdims),)
 
 
 def sum_vjp_spec(xs, g: Interval, *, axis=None, keepdims=False, order="sequential",
                  order_free=False):
     (x,) = xs
     ax = _axis(x.lo, axis)
-    return (g.map_exact(lambda a: _expand(a, x.shape, ax)),)
+    return (g.map_exact(lambda a: _expand(a, x.shape, ax, keepdims)),)
 
 
 def sum_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False,
                   order="sequential", order_free=False):
     """``ε_g`` broadcast (the VJP is an exact copy)."""
-    (x,) = xs
+    x, g = _vjp_args(fmt, xs, g)
+    ax = _axis(x, axis)
+    _check_out(g, np.shape(x), ax, keepdims)
     eg = checks.eps_like("eps_g", eps_g, g)
-    return (_expand(eg, np.shape(x), _axis(x, axis), "eps_g").astype(np.float64),)
+    return (_expand(eg, np.shape(x), ax, keepdims, "eps_g").astype(np.float64),)
 
 
 sum = register(Primitive("sum", sum_runtime, sum_spec, sum_bound, sum_vjp_runtime,  # noqa: A001
@@ -417,10 +456,10 @@ def _count(shape: tuple, axis: int | None) -> int:
 def mean_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = False,
                order: str = "sequential", order_free: bool = False):
     """``(RN(ŝ/n), bound)``: ``|RN(ŝ/n) − s/n| ≤ e_s/n + r`` with ``e_s`` the sum's bound and
-    ``r = rounding_term(RN(ŝ/n))`` (0 when ``ŝ = 0``); ``e_s/n`` rounded upward."""
-    x = checks.finite("x", x)
+    ``r = rounding_term(RN(ŝ/n))`` (0 when ``ŝ = 0``); ``e_s/n`` rounded upward. ``x`` is
+    checked by :func:`sum_error`."""
     ax = _axis(x, axis)
-    n = _count(x.shape, ax)
+    n = _count(np.shape(x), ax)
     s, es = sum_error(fmt, x, ex, ax, keepdims, order, order_free)
     q = div_by_count(fmt, s, n)
     return q, add_up(div_up(es, float(n)), rounding_term(fmt, q, _is_zero(s)))
@@ -429,10 +468,11 @@ def mean_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fal
 def mean_runtime(fmt: Format, x, *, axis=None, keepdims=False, order="sequential",
                  order_free=False):
     """``RN(ŝ / n)`` with ``ŝ`` the rounded sum in ``order`` and ``n`` the exact count."""
-    x = checks.finite("x", x)
-    n = _count(np.shape(x), _axis(x, axis))
-    return div_by_count(fmt, sum_runtime(fmt, x, axis=axis, keepdims=keepdims, order=order,
-                                         order_free=order_free), n)
+    x = checks.format_value("x", x, fmt)
+    ax = _axis(x, axis)
+    n = _count(np.shape(x), ax)
+    _check_bool("order_free", order_free)
+    return div_by_count(fmt, _sum_values(fmt, x, ax, keepdims, order), n)
 
 
 def mean_spec(x: Interval, *, axis=None, keepdims=False, order="sequential",
@@ -456,10 +496,11 @@ def mean_bound(fmt: Format, xs, eps, *, axis=None, keepdims=False, order="sequen
 def mean_vjp_runtime(fmt: Format, xs, g, *, axis=None, keepdims=False, order="sequential",
                      order_free=False):
     """``∂/∂x_k = RN(g / n)`` broadcast over the reduced axis."""
-    (x,) = xs
+    x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
     n = _count(np.shape(x), ax)
-    return (_expand(div_by_count(fmt, checks.finite("g", g), n), np.shape(x), ax),)
+    _check_out(g, np.shape(x), ax, keepdims)
+    return (_expand(div_by_count(fmt, g, n), np.shape(x), ax, keepdims),)
 
 
 def mean_vjp_spec(xs, g: Interval, *, axis=None, keepdims=False, order="sequential",
@@ -467,20 +508,20 @@ def mean_vjp_spec(xs, g: Interval, *, axis=None, keepdims=False, order="sequenti
     (x,) = xs
     ax = _axis(x.lo, axis)
     gs = _scale(g, mpq(1, _count(x.shape, ax)))
-    return (gs.map_exact(lambda a: _expand(a, x.shape, ax)),)
+    return (gs.map_exact(lambda a: _expand(a, x.shape, ax, keepdims)),)
 
 
 def mean_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False,
                    order="sequential", order_free=False):
     """``ε_g/n + r(RN(ĝ/n))`` broadcast (``r = 0`` where ``ĝ = 0``)."""
-    (x,) = xs
+    x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
     n = _count(np.shape(x), ax)
-    g = checks.finite("g", g)
+    _check_out(g, np.shape(x), ax, keepdims)
     eg = checks.eps_like("eps_g", eps_g, g)
     q = div_by_count(fmt, g, n)
     b = add_up(div_up(eg, float(n)), rounding_term(fmt, q, _is_zero(g)))
-    return (_expand(b, np.shape(x), ax, "eps_g").astype(np.float64),)
+    return (_expand(b, np.shape(x), ax, keepdims, "eps_g").astype(np.float64),)
 
 
 mean = register(Primitive("mean", mean_runtime, mean_spec, mean_bound, mean_vjp_runtime,
@@ -502,7 +543,7 @@ def _max_parts(x, axis: int | None):
 
 def max_runtime(fmt: Format, x, *, axis=None, keepdims=False):
     """``max_k x_k`` along ``axis`` (exact: no rounding)."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, axis)
     return _finish(_max_parts(x, ax)[1], x.shape, ax, keepdims)
 
@@ -529,7 +570,7 @@ def max_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
     while ``max x = x_j ≤ x̂_j + ε_j`` for some ``j``. No rounding is charged (exact op).
     ``D`` is evaluated upward (``x̂`` taken from above/below for exact runtime values).
     """
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, axis)
     ex = checks.eps_like("eps", ex, x)
     t, m, k = _max_parts(x, ax)
@@ -552,11 +593,10 @@ def max_bound(fmt: Format, xs, eps, *, axis=None, keepdims=False):
 
 def max_vjp_runtime(fmt: Format, xs, g, *, axis=None, keepdims=False):
     """``g`` at the first runtime argmax along the axis, 0 elsewhere (``torch.max(x, dim)``)."""
-    (x,) = xs
-    x = checks.finite("x", x)
+    x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
     t, _, k = _max_parts(x, ax)
-    gk = _to_last(_expand(g, x.shape, ax), ax)
+    gk = _to_last(_expand(g, x.shape, ax, keepdims), ax)
     out = _zeros_like_runtime(gk, t.shape)
     np.put_along_axis(out, k[..., None], np.take_along_axis(gk, k[..., None], axis=-1), axis=-1)
     return (_from_last(out, x.shape, ax),)
@@ -582,8 +622,8 @@ def max_vjp_spec(xs, g: Interval, *, axis=None, keepdims=False):
         raise ValueError("max over an empty axis is undefined")
     possible = _first_max_mask(hi, lo)
     sure = _first_max_mask(lo, hi)
-    glo = _to_last(_expand(g.lo, x.shape, ax), ax)
-    ghi = _to_last(_expand(g.hi, x.shape, ax), ax)
+    glo = _to_last(_expand(g.lo, x.shape, ax, keepdims), ax)
+    ghi = _to_last(_expand(g.hi, x.shape, ax, keepdims), ax)
     zero = _zeros_like_runtime(glo, glo.shape)
     lo_out = np.where(sure, glo, np.where(possible, _elementwise_min(glo, zero), zero))
     hi_out = np.where(sure, ghi, np.where(possible, _elementwise_max(ghi, zero), zero))
@@ -626,11 +666,10 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     it is 0 or ``|g| ≤ |ĝ| + ε_g``; outside ``C`` it is 0. ``C`` is enlarged by computing
     ``x̂_j + ε_j`` upward and ``x̂_i − ε_i`` downward (a superset is sound).
     """
-    (x,), (ex,) = xs, eps
-    x = checks.finite("x", x)
+    (ex,) = eps
+    x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
     ex = checks.eps_like("eps", ex, x)
-    g = checks.finite("g", g)
     t, _, k = _max_parts(x, ax)
     e = _to_last(ex, ax)
     lo, hi = _lo_hi(t)
@@ -642,9 +681,9 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     np.put_along_axis(at_k, k[..., None], True, axis=-1)
     cand |= at_k
     sure = (cand.sum(axis=-1) == 1)[..., None]
-    ga = _to_last(_expand(_abs_up(g), x.shape, ax), ax)
+    ga = _to_last(_expand(_abs_up(g), x.shape, ax, keepdims), ax)
     eg = _to_last(_expand(checks.eps_like("eps_g", eps_g, g).astype(np.float64), x.shape, ax,
-                          "eps_g"), ax)
+                          keepdims, "eps_g"), ax)
     b = np.where(at_k, np.where(sure, eg, np.maximum(ga, eg)),
                  np.where(cand & ~sure, _add_dir(ga, eg), 0.0))
     return (_from_last(np.asarray(b, dtype=np.float64), x.shape, ax),)

@@ -6,6 +6,13 @@ A reshape only renames positions: ``y[π(i)] = x[i]`` for a bijection ``π`` fix
 * runtime and spec are the same index map (``Interval.map_exact``),
 * the forward bound is ``ε`` carried along the same map (no rounding term),
 * the VJP is the inverse index map (the gradient reshaped back to the input's shape), exact too.
+
+Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
+``g`` must be finite values of the format (``checks.format_value``; a ``ValueError`` names the
+argument otherwise), and ``g`` must have the output's shape (not merely its size).
+
+Overflow and domain errors: none — no arithmetic happens, so no rounding, no overflow and
+no domain error; an invalid ``shape``/``start_dim``/``end_dim`` raises ``ValueError``.
 """
 from __future__ import annotations
 
@@ -76,7 +83,7 @@ def _sample_tensor(rng, fmt: Format):
 # -- reshape: y = x viewed with a new shape (row-major) ---------------------------------------
 def reshape_runtime(fmt: Format, x, *, shape):
     """``x`` in row-major order, re-cut to ``shape`` (one ``-1`` inferred). Exact."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     return np.reshape(x, _target_shape(shape, np.size(x)))
 
 
@@ -89,28 +96,40 @@ def reshape_bound(fmt: Format, xs, eps, *, shape):
     """``ε`` re-cut the same way: a reshape does no arithmetic (``|y_R − y_S| = |x_R − x_S|``
     position by position)."""
     (x,), (ex,) = xs, eps
+    x = checks.format_value("x", x, fmt)
     return np.reshape(checks.eps_like("eps", ex, x), _target_shape(shape, np.size(x))).copy()
 
 
 def reshape_vjp_runtime(fmt: Format, xs, g, *, shape):
     """The gradient re-cut to the input's shape (the adjoint of a permutation is its inverse)."""
-    (x,) = xs
-    return (_back(g, np.shape(x), "g"),)
+    x, g = _vjp_args(fmt, xs, g)
+    return (_back(g, np.shape(x), _target_shape(shape, np.size(x)), "g"),)
 
 
 def reshape_vjp_spec(xs, g: Interval, *, shape):
     (x,) = xs
-    return (g.map_exact(lambda a: _back(a, x.shape, "g")),)
+    out = _target_shape(shape, int(np.prod(x.shape, dtype=np.int64)))
+    return (g.map_exact(lambda a: _back(a, x.shape, out, "g")),)
 
 
 def reshape_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, shape):
+    x, g = _vjp_args(fmt, xs, g)
+    out = _target_shape(shape, np.size(x))
+    _back(g, np.shape(x), out, "g")
+    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), out, "eps_g").copy(),)
+
+
+def _vjp_args(fmt: Format, xs, g):
+    """``(x, g)`` of a VJP rule, both checked to be runtime values of ``fmt``."""
     (x,) = xs
-    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), "eps_g").copy(),)
+    return checks.format_value("x", x, fmt), checks.format_value("g", g, fmt)
 
 
-def _back(g, in_shape, name: str):
-    if np.size(g) != int(np.prod(in_shape, dtype=np.int64)):
-        raise ValueError(f"{name} has {np.size(g)} elements, the input has shape {tuple(in_shape)}")
+def _back(g, in_shape, out_shape, name: str):
+    """``g`` (of the op's output shape ``out_shape``) re-cut to the input's shape."""
+    if np.shape(g) != tuple(out_shape):
+        raise ValueError(f"{name} has shape {np.shape(g)}, expected the output's shape "
+                         f"{tuple(out_shape)}")
     return np.reshape(g, in_shape)
 
 
@@ -130,7 +149,7 @@ reshape = register(Primitive("reshape", reshape_runtime, reshape_spec, reshape_b
 # -- flatten: merge dims start_dim..end_dim (torch.flatten; default start_dim=1 as nn.Flatten) -
 def flatten_runtime(fmt: Format, x, *, start_dim: int = 1, end_dim: int = -1):
     """``x`` with dimensions ``start_dim..end_dim`` merged (row-major). Exact."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     return np.reshape(x, _flat_shape(np.shape(x), start_dim, end_dim))
 
 
@@ -142,24 +161,27 @@ def flatten_spec(x: Interval, *, start_dim: int = 1, end_dim: int = -1) -> Inter
 def flatten_bound(fmt: Format, xs, eps, *, start_dim: int = 1, end_dim: int = -1):
     """``ε`` flattened the same way (exact op, no rounding term)."""
     (x,), (ex,) = xs, eps
+    x = checks.format_value("x", x, fmt)
     return np.reshape(checks.eps_like("eps", ex, x),
                       _flat_shape(np.shape(x), start_dim, end_dim)).copy()
 
 
 def flatten_vjp_runtime(fmt: Format, xs, g, *, start_dim: int = 1, end_dim: int = -1):
-    (x,) = xs
-    _flat_shape(np.shape(x), start_dim, end_dim)
-    return (_back(g, np.shape(x), "g"),)
+    x, g = _vjp_args(fmt, xs, g)
+    return (_back(g, np.shape(x), _flat_shape(np.shape(x), start_dim, end_dim), "g"),)
 
 
 def flatten_vjp_spec(xs, g: Interval, *, start_dim: int = 1, end_dim: int = -1):
     (x,) = xs
-    return (g.map_exact(lambda a: _back(a, x.shape, "g")),)
+    out = _flat_shape(x.shape, start_dim, end_dim)
+    return (g.map_exact(lambda a: _back(a, x.shape, out, "g")),)
 
 
 def flatten_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, start_dim: int = 1, end_dim: int = -1):
-    (x,) = xs
-    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), "eps_g").copy(),)
+    x, g = _vjp_args(fmt, xs, g)
+    out = _flat_shape(np.shape(x), start_dim, end_dim)
+    _back(g, np.shape(x), out, "g")
+    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), out, "eps_g").copy(),)
 
 
 def _sample_flatten(rng, fmt: Format):

@@ -4,7 +4,7 @@ Runtime, along ``dim`` (every step rounded to the format, in this order):
 
     m̂ = max_j x̂_j            (exact)
     d̂_i = RN(x̂_i − m̂)
-    ê_i = RN(exp(d̂_i))        (correctly rounded, ``transcendental.exp_runtime``; exp(−∞) = 0)
+    ê_i = RN(exp(d̂_i))        (correctly rounded, ``transcendental.rounded``; exp(−∞) = 0)
     ŝ = Σ_i ê_i               (rounded after every addition, in ``order``; default sequential)
     ŷ_i = RN(ê_i / ŝ)
 
@@ -18,6 +18,17 @@ shift costs no error term at all.
 ``ŝ ≥ 1`` whenever finite: ``ê`` at the maximum is ``RN(e^0) = 1``, every term is ``≥ 0`` and
 rounding is monotone, so each partial sum dominates its operands. Hence
 ``0 ≤ ê_i ≤ ŝ`` and ``ŷ_i ∈ [0, 1]``, like the spec.
+
+Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
+``g`` (of ``x``'s shape, the output's) must be finite values of the format
+(``checks.format_value``; a ``ValueError`` names the argument otherwise). The ``*_last``
+helpers, shared with :mod:`~nfbound.ops.loss`, do not re-check.
+
+Overflow and domain errors. A runtime step that overflows (a difference ``x̂_i − m̂`` or the
+sum ``ŝ`` reaching ±inf, NaN or a saturated ±max_finite) makes the bound of every affected
+output ``inf`` — never a finite wrong number; the range rule ``|ŷ − y| ≤ max(ŷ, 1 − ŷ)``
+keeps finite outputs bounded by at most 1. softmax has no domain error: the spec is defined
+for every enclosure (huge logits included, see :func:`softmax_last_spec`).
 """
 from __future__ import annotations
 
@@ -35,7 +46,7 @@ from .elementwise import _zero, div_error, mul_error
 from .interval import Interval
 from .pool import sequential_sum
 from .primitive import Primitive, register
-from .transcendental import exp_bound, exp_runtime, exp_spec
+from .transcendental import exp_error, exp_spec, rounded
 
 #: Spec exponents below this are enclosed by ``[0, e^L]`` (``exp`` is increasing): the rationals
 #: stay small (MPFR would otherwise give e^(−10^30) a denominator of 10^30 bits), and
@@ -114,10 +125,10 @@ def exp_safe(fmt: Format, d):
     d = np.asarray(d)
     ok = _finite(d)
     if ok.all():
-        return np.asarray(exp_runtime(fmt, d))
+        return np.asarray(rounded("exp", fmt, d))
     out = d.copy()
     if ok.any():
-        out[ok] = exp_runtime(fmt, d[ok])
+        out[ok] = rounded("exp", fmt, d[ok])
     bad = ~ok
     out[bad] = [0.0 if (v == -np.inf) else np.nan for v in d[bad]]
     return out
@@ -137,7 +148,7 @@ def exp_safe_error(fmt: Format, d, ed):
     if ok.any():
         ed = np.broadcast_to(np.asarray(ed, dtype=np.float64), d.shape)
         dk, ek = d[ok], ed[ok]
-        rule = exp_bound(fmt, (dk,), (ek,))
+        rule = exp_error(fmt, dk, ek)[1]
         d_hi = exact_array_up(dk) if dk.dtype == object else np.asarray(dk, dtype=np.float64)
         e_hi = exact_array_up(e[ok]) if e.dtype == object else np.asarray(e[ok], dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -348,7 +359,7 @@ def _from_last(a, ax: int):
 
 def softmax_runtime(fmt: Format, x, *, dim: int = -1, order: str = "sequential"):
     """``ŷ_i = RN(ê_i/ŝ)`` along ``dim`` (module docstring for the steps)."""
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
     return _from_last(softmax_last(fmt, _to_last(x, ax), order), ax)
@@ -365,7 +376,7 @@ def softmax_spec(x: Interval, *, dim: int = -1, order: str = "sequential") -> In
 def softmax_bound(fmt: Format, xs, eps, *, dim: int = -1, order: str = "sequential"):
     """``min(A, B, max(ŷ, 1 − ŷ))`` of :func:`softmax_last_error`."""
     (x,), (ex,) = xs, eps
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
     e = checks.eps_like("eps", ex, x)
@@ -381,11 +392,11 @@ def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequ
         out_i = RN(ŷ_i · ŵ_i).
     """
     (x,) = xs
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
     checks.same_shape(("g", "x"), g, x)
-    g = checks.finite("g", g)
+    g = checks.format_value("g", g, fmt)
     xl, gl = _to_last(x, ax), _to_last(g, ax)
     y = softmax_last(fmt, xl, order)
     p = fmt.mul(gl, y)
@@ -410,11 +421,11 @@ def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: s
     forward bound: product rule for ``p̂``, replay of the rounded sum for ``ĉ``,
     ``ε_g + ε_c + r`` for ``ŵ``, product rule for the output."""
     (x,), (ex,) = xs, eps
-    x = checks.finite("x", x)
+    x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
     checks.same_shape(("g", "x"), g, x)
-    g = checks.finite("g", g)
+    g = checks.format_value("g", g, fmt)
     e = checks.eps_like("eps", ex, x)
     eg = checks.eps_like("eps_g", eps_g, g)
     xl, gl, el, egl = (_to_last(a, ax) for a in (x, g, e, eg))

@@ -36,6 +36,21 @@ How the runtime gets the correctly rounded value (Ziv's strategy, vectorised):
 Bounds use upward-rounded binary64 arithmetic (``bounds.upward``); lower bounds are one step
 down (``_down``). Like ``upward.exp_up``, the local ``_exp_down``/``_log1p_up`` trust NumPy's
 ``exp``/``log1p`` to 4 binary64 ulps (the much weaker assumption A is what is tested).
+
+Inputs. Every runtime, bound and VJP rule takes runtime values: ``x`` and the upstream
+gradient ``g`` must be finite values of the format (``checks.format_value``, a ``ValueError``
+naming the argument otherwise), and ``g`` must have the output's (= ``x``'s) shape.
+:func:`rounded`, :func:`exp_error` and :func:`safe_log_values` serve other modules composing
+rules on values they computed themselves, and do not re-check.
+
+Overflow and domain errors. A runtime result that overflows (exp beyond the largest finite
+value: ±inf, NaN or a saturated ±max_finite) gets the bound ``inf``, never a finite wrong
+number; so does a VJP product that overflows. No op here has a runtime domain error: safe_log
+clamps its argument at ``c > 0``, so its runtime, spec and bound are defined everywhere (the
+bound is at most ``ε/c``). The spec of safe_log therefore never refuses; the plain ``log``
+enclosure (:func:`enclose`) raises ``ValueError`` for a non-positive argument. Beyond
+``|x̂| > 2^20`` without an overflow/underflow threshold that decides the rounding (formats
+without one), the runtime raises ``ValueError`` rather than guess.
 """
 from __future__ import annotations
 
@@ -99,21 +114,24 @@ def _mpfr_endpoint(name: str, x: mpq, prec: int, upper: bool) -> mpq:
     requested direction, so the chain is an enclosure; ``mpq(mpfr)`` is exact. softplus at
     ``x > 0`` is ``x + log1p(e^−x)`` with the (decreasing) tail evaluated at ``x`` rounded the
     other way and the sum taken exactly.
+
+    Arguments are negated as rationals, before the directed conversion to MPFR: the ``−`` of
+    an ``mpfr`` rounds to the *global* context (53 bits), which would make the enclosures of
+    non-dyadic rationals (decimal inputs, spec endpoints) non-rigorous.
     """
     C, O = _ctx(prec, upper), _ctx(prec, not upper)
-    v = mpfr(x, prec, C)
     if name == "exp":
-        r = C.exp(v)
+        r = C.exp(mpfr(x, prec, C))
     elif name == "tanh":
-        r = C.tanh(v)
+        r = C.tanh(mpfr(x, prec, C))
     elif name == "log":
-        r = C.log(v)
+        r = C.log(mpfr(x, prec, C))
     elif name == "softplus":
         if x > 0:   # x + log(1 + e^−x), the sum exact: keeps softplus(x) > x visible for large x
-            return x + mpq(C.log1p(C.exp(-mpfr(x, prec, O))))
-        r = C.log1p(C.exp(v))
+            return x + mpq(C.log1p(C.exp(mpfr(-x, prec, C))))     # −x rounded C-wise = −(x, O-wise)
+        r = C.log1p(C.exp(mpfr(x, prec, C)))
     elif name == "sigmoid":
-        r = C.div(1, O.add(1, O.exp(-v)))
+        r = C.div(1, O.add(1, O.exp(mpfr(-x, prec, O))))         # −x rounded O-wise = −(x, C-wise)
     else:
         raise ValueError(f"unknown transcendental function {name!r}")
     return mpq(r)
@@ -402,11 +420,13 @@ def _finish(prop, eps, r) -> np.ndarray:
     return np.where(np.isinf(r) | np.isnan(r), np.inf, out)
 
 
-def _unary_eps(xs, eps):
+def _unary_eps(fmt: Format, xs, eps):
+    """The input of a bound rule (a runtime value of ``fmt``) and its bound as float64."""
     (x,) = xs
     if len(eps) != 1:
         raise ValueError(f"expected 1 input bound, got {len(eps)}")
-    return checks.finite("x", x), np.asarray(checks.eps_like("eps_x", eps[0], x), dtype=np.float64)
+    x = checks.format_value("x", x, fmt)
+    return x, np.asarray(checks.eps_like("eps_x", eps[0], x), dtype=np.float64)
 
 
 def _one_like(y):
@@ -464,9 +484,24 @@ def _sample(scale: float, shift: float = 0.0):
     return sample
 
 
-def _check_g(g, x):
+def _check_g(fmt: Format, g, x):
+    """The upstream gradient: ``x``'s (the output's) shape, runtime values of ``fmt``."""
     checks.same_shape(("g", "x"), g, x)
-    return checks.finite("g", g)
+    return checks.format_value("g", g, fmt)
+
+
+def _vjp_args(fmt: Format, xs, g):
+    """``(x, g)`` of a VJP runtime rule, both checked."""
+    (x,) = xs
+    x = checks.format_value("x", x, fmt)
+    return x, _check_g(fmt, g, x)
+
+
+def rounded(name: str, fmt: Format, x) -> np.ndarray:
+    """``RN(f(x̂))`` elementwise for runtime values ``x̂`` of ``fmt`` (not re-checked: for rules
+    that compose the function on values they computed), ``name`` one of
+    ``exp, tanh, sigmoid, softplus, log``."""
+    return _apply(name, fmt, x)[0]
 
 
 # =============================================================================================
@@ -474,7 +509,7 @@ def _check_g(g, x):
 # =============================================================================================
 def exp_runtime(fmt: Format, x):
     """``RN(e^x̂)`` elementwise (one rounding; overflow per the format's rule)."""
-    return _apply("exp", fmt, checks.finite("x", x))[0]
+    return _apply("exp", fmt, checks.format_value("x", x, fmt))[0]
 
 
 def exp_spec(x: Interval) -> Interval:
@@ -490,20 +525,25 @@ def exp_bound(fmt: Format, xs, eps):
     correct rounding (``e^x̂ ≤ ŷ + r``). ``e^ε − 1 ≤ ε·e^ε``: never above TorchLean's
     ``e^(x̂+ε)·ε + r``. ``r = 0`` at ``x̂ = 0`` (``e^0 = 1`` exact); ``inf`` on overflow.
     """
-    x, e = _unary_eps(xs, eps)
+    x, e = _unary_eps(fmt, xs, eps)
+    return exp_error(fmt, x, e)[1]
+
+
+def exp_error(fmt: Format, x, e):
+    """``(RN(e^x̂), bound)`` of :func:`exp_bound` for runtime values ``x̂`` (not re-checked)
+    and a float64 input bound ``e`` of their shape."""
     y, exact = _apply("exp", fmt, x)
     r = rounding_term(fmt, y, exact)
     _, x_hi = _lo_hi(x)
     _, y_hi = _lo_hi(y)
     E = np.fmin(exp_up(x_hi), add_up(y_hi, r))
-    return _finish(mul_up(E, expm1_up(e)), e, r)
+    return y, _finish(mul_up(E, expm1_up(e)), e, r)
 
 
 def exp_vjp_runtime(fmt: Format, xs, g):
     """``RN(g · ŷ)``, ``ŷ = RN(e^x̂)`` (PyTorch ``ExpBackward0``: ``grad * result``)."""
-    (x,) = xs
-    g = _check_g(g, x)
-    return (fmt.mul(g, exp_runtime(fmt, x)),)
+    x, g = _vjp_args(fmt, xs, g)
+    return (fmt.mul(g, _apply("exp", fmt, x)[0]),)
 
 
 def exp_vjp_spec(xs, g: Interval):
@@ -513,10 +553,10 @@ def exp_vjp_spec(xs, g: Interval):
 
 def exp_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """The product rule (``mul_error``) on ``g·ŷ`` with ``|ŷ − e^x| ≤`` :func:`exp_bound`."""
-    x, e = _unary_eps(xs, eps)
-    g = _check_g(g, x)
-    y = exp_runtime(fmt, x)
-    out, b = mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), y, exp_bound(fmt, xs, (e,)))
+    x, e = _unary_eps(fmt, xs, eps)
+    g = _check_g(fmt, g, x)
+    y, ey = exp_error(fmt, x, e)
+    out, b = mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), y, ey)
     return (_inf_where_nonfinite(out, b),)
 
 
@@ -529,7 +569,7 @@ exp = register(Primitive("exp", exp_runtime, exp_spec, exp_bound, exp_vjp_runtim
 # =============================================================================================
 def tanh_runtime(fmt: Format, x):
     """``RN(tanh x̂)`` elementwise."""
-    return _apply("tanh", fmt, checks.finite("x", x))[0]
+    return _apply("tanh", fmt, checks.format_value("x", x, fmt))[0]
 
 
 def tanh_spec(x: Interval) -> Interval:
@@ -552,18 +592,21 @@ def _sech2_sup(x, e) -> np.ndarray:
 def tanh_bound(fmt: Format, xs, eps):
     """``min(ε·sup_{|t − x̂| ≤ ε} sech² t, 2) + r`` (mean value theorem; tanh's range has width
     2). TorchLean's ``2 + r`` is never smaller; ``r = 0`` at ``x̂ = 0``."""
-    x, e = _unary_eps(xs, eps)
+    x, e = _unary_eps(fmt, xs, eps)
     y, exact = _apply("tanh", fmt, x)
-    r = rounding_term(fmt, y, exact)
+    return _tanh_error(x, e, rounding_term(fmt, y, exact))
+
+
+def _tanh_error(x, e, r) -> np.ndarray:
+    """:func:`tanh_bound` given the rounding term ``r`` of ``RN(tanh x̂)``."""
     return _finish(np.fmin(mul_up(e, _sech2_sup(x, e)), 2.0), e, r)
 
 
 def tanh_vjp_runtime(fmt: Format, xs, g):
     """``RN(g · RN(1 − RN(ŷ·ŷ)))`` with ``ŷ = RN(tanh x̂)`` (PyTorch ``TanhBackward0``:
     ``grad * (1 − y²)``, in that order)."""
-    (x,) = xs
-    g = _check_g(g, x)
-    y = tanh_runtime(fmt, x)
+    x, g = _vjp_args(fmt, xs, g)
+    y = _apply("tanh", fmt, x)[0]
     d = fmt.sub(_one_like(y), fmt.mul(y, y))
     return (fmt.mul(g, d),)
 
@@ -591,12 +634,12 @@ def tanh_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     e.g. ``s ≥ 1/2``, Sterbenz); ``|d − sech² x|`` is the smaller of the two bounds of
     :func:`_derivative_error` (``sup|tanh''| = 4/(3√3) < 0.7699``), capped at 1 (both in
     ``[0, 1]``)."""
-    x, e = _unary_eps(xs, eps)
-    g = _check_g(g, x)
+    x, e = _unary_eps(fmt, xs, eps)
+    g = _check_g(fmt, g, x)
     eg = checks.eps_like("eps_g", eps_g, g)
     y, exact = _apply("tanh", fmt, x)
     r_y = rounding_term(fmt, y, exact)
-    e_y = tanh_bound(fmt, xs, (e,))
+    e_y = _tanh_error(x, e, r_y)
     s, es_A = mul_error(fmt, y, e_y, y, e_y)
     _, es_B = mul_error(fmt, y, r_y, y, r_y)
     one = _one_like(y)
@@ -616,7 +659,7 @@ tanh = register(Primitive("tanh", tanh_runtime, tanh_spec, tanh_bound, tanh_vjp_
 # =============================================================================================
 def sigmoid_runtime(fmt: Format, x):
     """``RN(σ(x̂))``, ``σ(x) = 1/(1 + e^−x)``, rounded once (not a chain of rounded ops)."""
-    return _apply("sigmoid", fmt, checks.finite("x", x))[0]
+    return _apply("sigmoid", fmt, checks.format_value("x", x, fmt))[0]
 
 
 def sigmoid_spec(x: Interval) -> Interval:
@@ -638,9 +681,13 @@ def _sigmoid_prime_sup(x, e) -> np.ndarray:
 def sigmoid_bound(fmt: Format, xs, eps):
     """``min(ε·sup σ', 1) + r`` (mean value theorem; σ's range has width 1). TorchLean's
     range-based ``1 + r`` is never smaller; ``r = 0`` at ``x̂ = 0`` (``σ(0) = 1/2`` exact)."""
-    x, e = _unary_eps(xs, eps)
+    x, e = _unary_eps(fmt, xs, eps)
     y, exact = _apply("sigmoid", fmt, x)
-    r = rounding_term(fmt, y, exact)
+    return _sigmoid_error(x, e, rounding_term(fmt, y, exact))
+
+
+def _sigmoid_error(x, e, r) -> np.ndarray:
+    """:func:`sigmoid_bound` given the rounding term ``r`` of ``RN(σ(x̂))``."""
     return _finish(np.fmin(mul_up(e, _sigmoid_prime_sup(x, e)), 1.0), e, r)
 
 
@@ -648,9 +695,8 @@ def sigmoid_vjp_runtime(fmt: Format, xs, g):
     """``RN(g · RN(ŷ · RN(1 − ŷ)))``, ``ŷ = RN(σ(x̂))``: the derivative ``ŷ(1 − ŷ)`` first, then
     times ``g`` (PyTorch's CPU kernel groups it as ``(g·(1 − y))·y``; this is nfbound's stated
     order)."""
-    (x,) = xs
-    g = _check_g(g, x)
-    y = sigmoid_runtime(fmt, x)
+    x, g = _vjp_args(fmt, xs, g)
+    y = _apply("sigmoid", fmt, x)[0]
     return (fmt.mul(g, fmt.mul(y, fmt.sub(_one_like(y), y))),)
 
 
@@ -668,12 +714,12 @@ def sigmoid_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """Replay of ``a = RN(1 − ŷ)`` (exact for ``ŷ ≥ 1/2``), ``d = RN(ŷ·a)``, ``RN(g·d)`` with
     the subtraction and product rules; ``|d − σ'(x)|`` from :func:`_derivative_error`
     (``sup|σ''| = 1/(6√3) < 0.09623``)."""
-    x, e = _unary_eps(xs, eps)
-    g = _check_g(g, x)
+    x, e = _unary_eps(fmt, xs, eps)
+    g = _check_g(fmt, g, x)
     eg = checks.eps_like("eps_g", eps_g, g)
     y, exact = _apply("sigmoid", fmt, x)
     r_y = rounding_term(fmt, y, exact)
-    e_y = sigmoid_bound(fmt, xs, (e,))
+    e_y = _sigmoid_error(x, e, r_y)
     one = _one_like(y)
     a = fmt.sub(one, y)
     r_a = rounding_term(fmt, a, _exact_difference(one, y, a))
@@ -694,7 +740,7 @@ sigmoid = register(Primitive("sigmoid", sigmoid_runtime, sigmoid_spec, sigmoid_b
 # =============================================================================================
 def softplus_runtime(fmt: Format, x):
     """``RN(log(1 + e^x̂))`` elementwise, rounded once."""
-    return _apply("softplus", fmt, checks.finite("x", x))[0]
+    return _apply("softplus", fmt, checks.format_value("x", x, fmt))[0]
 
 
 def softplus_spec(x: Interval) -> Interval:
@@ -706,7 +752,7 @@ def softplus_bound(fmt: Format, xs, eps):
     """``ε·σ(x̂ + ε) + r``: softplus' = σ is increasing, so its sup over ``[x̂ − ε, x̂ + ε]`` is
     ``σ(x̂ + ε) ≤ 1/(1 + e^−(x̂+ε))`` (denominator rounded down), at most TorchLean's
     Lipschitz-1 ``ε + r``."""
-    x, e = _unary_eps(xs, eps)
+    x, e = _unary_eps(fmt, xs, eps)
     y, exact = _apply("softplus", fmt, x)
     r = rounding_term(fmt, y, exact)
     _, x_hi = _lo_hi(x)
@@ -718,9 +764,8 @@ def softplus_bound(fmt: Format, xs, eps):
 
 def softplus_vjp_runtime(fmt: Format, xs, g):
     """``RN(g · RN(σ(x̂)))`` (PyTorch ``SoftplusBackward0``: ``grad * sigmoid(x)``)."""
-    (x,) = xs
-    g = _check_g(g, x)
-    return (fmt.mul(g, sigmoid_runtime(fmt, x)),)
+    x, g = _vjp_args(fmt, xs, g)
+    return (fmt.mul(g, _apply("sigmoid", fmt, x)[0]),)
 
 
 def softplus_vjp_spec(xs, g: Interval):
@@ -730,11 +775,11 @@ def softplus_vjp_spec(xs, g: Interval):
 
 def softplus_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """The product rule on ``g·σ̂`` with ``|σ̂ − σ(x)| ≤`` :func:`sigmoid_bound`."""
-    x, e = _unary_eps(xs, eps)
-    g = _check_g(g, x)
-    s = sigmoid_runtime(fmt, x)
+    x, e = _unary_eps(fmt, xs, eps)
+    g = _check_g(fmt, g, x)
+    s, exact = _apply("sigmoid", fmt, x)
     out, b = mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), s,
-                       sigmoid_bound(fmt, xs, (e,)))
+                       _sigmoid_error(x, e, rounding_term(fmt, s, exact)))
     return (_inf_where_nonfinite(out, b),)
 
 
@@ -788,7 +833,13 @@ def _log_of_c(fmt: Format, c: mpq):
 def safe_log_runtime(fmt: Format, x, *, c=DEFAULT_C):
     """``RN(log(max(x̂, c)))`` elementwise: one rounding of the exact value (the clamp is exact,
     ``c > 0`` taken exactly; default ``1e-12`` as a binary64 number)."""
-    return _safe_log_apply(fmt, checks.finite("x", x), _clamp_constant(c))[0]
+    return _safe_log_apply(fmt, checks.format_value("x", x, fmt), _clamp_constant(c))[0]
+
+
+def safe_log_values(fmt: Format, x, c=DEFAULT_C):
+    """:func:`safe_log_runtime` on runtime values ``x̂`` that are not re-checked (for rules
+    composing the log on values they computed)."""
+    return _safe_log_apply(fmt, x, _clamp_constant(c))[0]
 
 
 def _safe_log_apply(fmt: Format, x, cq: mpq):
@@ -826,7 +877,7 @@ def safe_log_bound(fmt: Format, xs, eps, *, c=DEFAULT_C):
     ``x̂ − ε > c`` this is at most the DESIGN rule ``ε/(x̂ − ε) + r``. ``r = 0`` where
     ``max(x̂, c) = 1``.
     """
-    x, e = _unary_eps(xs, eps)
+    x, e = _unary_eps(fmt, xs, eps)
     cq = _clamp_constant(c)
     y, exact = _safe_log_apply(fmt, x, cq)
     r = rounding_term(fmt, y, exact)
@@ -846,9 +897,7 @@ def safe_log_vjp_runtime(fmt: Format, xs, g, *, c=DEFAULT_C):
     """``1[x̂ ≥ c] · RN(g / x̂)`` (PyTorch ``log(clamp(x, min=c))``: ``LogBackward0`` gives
     ``g / max(x̂, c)``, then ``ClampMinBackward`` passes it where ``x̂ ≥ c`` and 0 elsewhere —
     the derivative of ``log max(x, c)`` is 0 below ``c``)."""
-    (x,) = xs
-    x = checks.finite("x", x)
-    g = _check_g(g, x)
+    x, g = _vjp_args(fmt, xs, g)
     cq = _clamp_constant(c)
     active = ~_clamped(x, cq)
     q = fmt.div(g, _active_denominator(x, active))
@@ -895,8 +944,8 @@ def safe_log_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c=DEFAULT_C):
     * runtime clamped (output 0): 0 where ``x̂ + ε < c`` surely; else the spec is 0 or
       ``g/x`` with ``x ≥ c``: ``(|ĝ| + ε_g)/c``.
     """
-    x, e = _unary_eps(xs, eps)
-    g = _check_g(g, x)
+    x, e = _unary_eps(fmt, xs, eps)
+    g = _check_g(fmt, g, x)
     eg = np.asarray(checks.eps_like("eps_g", eps_g, g), dtype=np.float64)
     cq = _clamp_constant(c)
     active = ~_clamped(x, cq)
