@@ -158,6 +158,27 @@ def test_report_reason_for_infinite_bound():
     assert "overflow" in table
 
 
+def test_consumer_of_an_overflowed_value_raises_naming_it():
+    """Overflow policy: the overflowing node keeps its inf bound; a node consuming it raises,
+    naming the overflowed input (forward), and so does backward through it."""
+    fmt = formats.get("float16")
+    g = Graph()
+    x = g.input("x")
+    y = g.op("mul", x, x, name="y")
+    g.output(g.op("sum", y, name="s"))
+    with pytest.raises(ValueError, match=r"node 's' \(sum\): input 'y' overflowed"):
+        g.forward(fmt, {"x": np.array([65504.0 * 0.75, 1.0])})
+    g2 = Graph()
+    x2 = g2.input("x")
+    g2.output(g2.op("sum", g2.op("mul", x2, x2, name="y"), name="s"))
+    res = g2.forward(fmt, {"x": np.array([200.0, 1.0])})      # forward finite: 40001 < 65504
+    assert np.all(np.isfinite(res.eps["s"]))
+    with pytest.raises(ValueError, match=r"overflowed"):
+        g2.backward(fmt, res.__class__(res.graph, res.fmt, res.order,
+                                       {**res.runtime, "y": np.array([np.inf, 1.0])},
+                                       res.spec, res.eps), loss="s")
+
+
 # -- graph errors ---------------------------------------------------------------------------------
 def test_unknown_op_names_node():
     g = Graph()

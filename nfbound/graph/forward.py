@@ -56,6 +56,23 @@ def load_ops():
     return ops
 
 
+def refuse_overflowed(fmt: Format, names, values, what: str = "input") -> None:
+    """Stop at the first consumer of an overflowed value.
+
+    A runtime value that overflowed (±inf or NaN, per the format's overflow rule) has an
+    infinite bound, and so would every value computed from it; the op rules refuse non-finite
+    operands. The node that overflowed keeps its ``inf`` bound (the report says why); a node
+    consuming it raises ``ValueError`` naming the overflowed input, so no finite bound is ever
+    given downstream of an overflow.
+    """
+    from .report import nonfinite
+    for n, v in zip(names, values):
+        if nonfinite(v):
+            raise ValueError(f"{what} {n!r} overflowed {fmt} (its runtime holds ±inf or NaN, its "
+                             f"bound is inf and so would be every bound depending on it); a "
+                             f"format with a wider exponent range avoids this")
+
+
 def primitive(name: str):
     """The registered primitive ``name`` (``ValueError`` listing the known ops otherwise)."""
     ops = load_ops()
@@ -277,6 +294,7 @@ class Graph:
         P = primitive(node.op)
         params = op_params(P, node, order)
         xs = tuple(rt[i] for i in node.inputs)
+        refuse_overflowed(fmt, node.inputs, xs)
         e = None
         if ep is None:
             out = P.runtime(fmt, *xs, **params)

@@ -16,7 +16,8 @@ from ..bounds.upward import exact_up
 from ..formats import Format
 
 
-def _nonfinite(x) -> bool:
+def nonfinite(x) -> bool:
+    """Whether a runtime value holds ±inf or NaN (an overflowed result)."""
     a = np.asarray(x)
     if a.dtype == object:
         return any(isinstance(v, float) and not math.isfinite(v) for v in a.reshape(-1))
@@ -40,7 +41,7 @@ def inf_reason(graph, name: str, runtime, eps, fmt: Format, gradient: bool = Fal
     if not np.any(np.isinf(e)):
         return None
     what = "gradient" if gradient else "value"
-    if _nonfinite(runtime[name]):
+    if nonfinite(runtime[name]):
         return f"runtime {what} overflowed (inf/NaN) in {fmt}"
     if _saturated(fmt, runtime[name]):
         return f"runtime {what} reaches ±max_finite of {fmt}: the exact value may be larger"

@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ..bounds.ctx import ctx_add_bound
 from ..formats import Format
 from ..ops.interval import Interval
-from .forward import ForwardResult, Graph, Value, _disable, op_params, primitive
+from .forward import (ForwardResult, Graph, Value, _disable, op_params, primitive,
+                      refuse_overflowed)
 
 
 def _accumulate(fmt: Format, old: Value, new: Value, spec: bool, bounds: bool) -> Value:
@@ -113,6 +114,8 @@ def _vjp(fmt: Format, node, result: ForwardResult, g: Value, spec: bool, bounds:
     P = primitive(node.op)
     params = op_params(P, node, result.order)
     xs = tuple(result.runtime[i] for i in node.inputs)
+    refuse_overflowed(fmt, node.inputs, xs)
+    refuse_overflowed(fmt, (node.name,), (g.runtime,), what="the gradient of")
     if bounds:
         g_rt, g_ep = P.vjp_runtime_and_bound(fmt, xs, tuple(result.eps[i] for i in node.inputs),
                                              g.runtime, g.eps, **params)
