@@ -293,7 +293,7 @@ def cmd_verify(args) -> int:
         runtime64 = _to_float64(runtime)
         arrays = {n: _to_float64(x) for n, x in zip(argnames, xs)}
         arrays.update({k: _to_float64(v) for k, v in extra.items()})
-        from .bounds.upward import add_up, exact_array_up
+        from .bounds.upward import exact_array_up
         mid = spec.mid
         spec64 = _to_float64(np.vectorize(float, otypes=[object])(mid) if mid.dtype == object else mid)
         from gmpy2 import mpq

@@ -1,14 +1,18 @@
 """Training with certified parameter bounds: SGD, Momentum, AdamW on an MLP and a small CNN."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from gmpy2 import mpq
 
 from nfbound import formats
+from nfbound.bounds.rounding import rounding_term
 from nfbound.graph import SGD, AdamW, Graph, Momentum, train
-from nfbound.graph.forward import load_ops
-from nfbound.graph.train import constant
+from nfbound.graph.forward import Value, load_ops
+from nfbound.graph.train import adam_quotient_bound, cap_magnitude, constant
+from nfbound.ops.interval import Interval
 
 FORMATS = ["bfloat16", "float16", "float8_e4m3fn", "binary32"]
 
@@ -74,12 +78,12 @@ def _check_all_steps(result, n_params):
     for s in result.steps:
         assert len(s.params) == n_params
         assert s.forward_failed == () and s.backward_failed == (), (s.step, s.failures())
-        assert s.failures() == [] and s.holds() is True
+        assert s.failures() == [] and s.holds is True
         for name, v in s.params.items():
             assert v.spec.encloses(v.runtime, v.eps).all(), f"step {s.step}: {name} escapes"
             assert np.all(np.isfinite(v.eps)), f"step {s.step}: parameter {name} bound is inf"
         assert np.all(np.isfinite(s.loss.eps)), f"step {s.step}: loss bound is inf"
-    assert result.holds() is True
+    assert result.holds is True
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS)
@@ -113,9 +117,11 @@ def test_momentum_adamw_mlp_enclosed(fmt_name, opt):
     _needs("linear", "relu", "mse_loss", "sub", "div", "sqrt")
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(4)
-    g = _mlp(rng)
-    res = train(g, fmt, OPTIMIZERS[opt], _mlp_batches(rng), loss="loss", steps=3)
+    g, batches = _mlp(rng), _mlp_batches(rng)
+    res = train(g, fmt, OPTIMIZERS[opt], batches, loss="loss", steps=3)
     _check_all_steps(res, 4)
+    if opt == "adamw":
+        _check_adamw_replay_and_envelope(g, fmt, OPTIMIZERS[opt], batches, res)
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS)
@@ -124,35 +130,181 @@ def test_cnn_three_steps_enclosed(fmt_name, opt):
     _needs("conv", "relu", "max_pool", "flatten", "linear", "cross_entropy", "sub", "div", "sqrt")
     fmt = formats.get(fmt_name)
     rng = np.random.default_rng(5)
-    g = _cnn(rng)
-    res = train(g, fmt, OPTIMIZERS[opt], _cnn_batches(rng), loss="loss", steps=3)
+    g, batches = _cnn(rng), _cnn_batches(rng)
+    res = train(g, fmt, OPTIMIZERS[opt], batches, loss="loss", steps=3)
     _check_all_steps(res, 4)
+    if opt == "adamw":
+        _check_adamw_replay_and_envelope(g, fmt, OPTIMIZERS[opt], batches, res)
 
 
-def test_adamw_first_step_replayed():
-    """Step 1 of AdamW by hand in the documented order (the floor-bounded division keeps the
-    runtime of RN(m̂ / d)), spec exact where the roots are."""
-    _needs("linear", "relu", "mse_loss", "sub", "div", "sqrt")
-    fmt = formats.get("bfloat16")
-    rng = np.random.default_rng(8)
-    g, b = _mlp(rng), _mlp_batches(rng, 1)
-    opt = OPTIMIZERS["adamw"]
-    got = train(g, fmt, opt, b, steps=1).params
-    p0 = g.initial_params(fmt)
-    bw = g.backward(fmt, g.forward(fmt, b[0], params=p0))
+def _quotient_bound_by_series(b1: mpq, b2: mpq, t: int) -> float:
+    """``C_t`` of AdamW (β₂ > 0) from its three factors, the geometric sum added term by term,
+    as a float64 with a relative margin ``10⁻¹²`` above (an envelope, not the certified value)."""
+    s = sum((b1 * b1 / b2) ** k for k in range(t))
+    c2 = (1 - b1) ** 2 / (1 - b1 ** t) ** 2 * (1 - b2 ** t) / (1 - b2) * s
+    return float(np.sqrt(float(c2))) * (1 + 1e-12)
+
+
+def _check_adamw_replay_and_envelope(g, fmt, opt, batches, res):
+    """The three AdamW steps of ``res`` replayed by hand on the runtime path, in the documented
+    order (runtime gradients at the runtime parameters): every parameter's runtime is
+    bit-identical. And every parameter bound lies below an envelope built from the rules with
+    the quotient bound ``|RN(m̂/d)| + C_t`` (the math of the cap, not numbers from a run):
+
+        p₁ = RN(ĉ·p̂):      E₁ = |ĉ|E + |p̂|ε_c + ε_c·E + r(p₁)       (c = 1 − lr·λ)
+        q  = RN(m̂/d):      E_q = |q̂| + C_t
+        s  = RN(l̂r·q̂):     E_s = |l̂r|E_q + |q̂|ε_lr + ε_lr·E_q + r(s)
+        p' = RN(p₁ − s):    E' = E₁ + E_s + r(p')
+
+    from ``E₀`` = the initial rounding bound, each step widened by ``1 + 10⁻⁹`` (the binary64
+    upward steps of the certified bound). The envelope is finite, so the check bites: without
+    the cap, the division bound alone exceeds it in bfloat16, float16 and float8_e4m3fn."""
     lr, b1, b2 = mpq(opt.lr), mpq(opt.betas[0]), mpq(opt.betas[1])
-    for name in ("W1", "b2"):
-        p, gr = p0[name].runtime, bw.runtime[name]
+    p0 = g.initial_params(fmt)
+    rt = {n: v.runtime for n, v in p0.items()}
+    env = {n: np.asarray(v.eps, dtype=np.float64) for n, v in p0.items()}
+    mom = {n: (np.zeros(np.shape(v)), np.zeros(np.shape(v))) for n, v in rt.items()}
+    for k, step in enumerate(res.steps):
+        t = k + 1
+        fw = g.forward(fmt, batches[k % len(batches)], spec=False, bounds=False,
+                       params={n: Value(v, None, None) for n, v in rt.items()})
+        grads = g.backward(fmt, fw, loss="loss").runtime
+        ct = _quotient_bound_by_series(b1, b2, t)
+        for n, p in rt.items():
+            def c(q):
+                return constant(fmt, q, np.shape(p), spec=False)
+            decay, lrc = c(1 - lr * mpq(opt.weight_decay)), c(lr)
+            gr, (m, v) = grads[n], mom[n]
+            m = fmt.add(fmt.mul(c(b1).runtime, m), fmt.mul(c(1 - b1).runtime, gr))
+            v = fmt.add(fmt.mul(c(b2).runtime, v), fmt.mul(c(1 - b2).runtime, fmt.mul(gr, gr)))
+            mom[n] = (m, v)
+            d = fmt.add(fmt.sqrt(fmt.div(v, c(1 - b2 ** t).runtime)), c(mpq(opt.eps)).runtime)
+            q = fmt.div(fmt.div(m, c(1 - b1 ** t).runtime), d)
+            p1 = fmt.mul(decay.runtime, p)
+            s = fmt.mul(lrc.runtime, q)
+            new = fmt.sub(p1, s)
+            got = step.params[n]
+            assert np.array_equal(got.runtime, new), (t, n)
+            e, ec, el = env[n], decay.eps, lrc.eps
+            e1 = np.abs(decay.runtime) * e + np.abs(p) * ec + ec * e + rounding_term(fmt, p1)
+            eq = np.abs(q) + ct
+            es = np.abs(lrc.runtime) * eq + np.abs(q) * el + el * eq + rounding_term(fmt, s)
+            env[n] = (e1 + es + rounding_term(fmt, new)) * (1 + 1e-9)
+            assert np.all(np.isfinite(env[n])), (t, n)
+            assert np.all(got.eps <= env[n]), (t, n, float(np.max(got.eps / env[n])))
+            rt[n] = new
 
-        def c(q):
-            return constant(fmt, q, np.shape(p)).runtime
-        p1 = fmt.mul(c(1 - lr * mpq(opt.weight_decay)), p)
-        m = fmt.add(fmt.mul(c(b1), np.zeros(np.shape(p))), fmt.mul(c(1 - b1), gr))
-        v = fmt.add(fmt.mul(c(b2), np.zeros(np.shape(p))), fmt.mul(c(1 - b2), fmt.mul(gr, gr)))
-        d = fmt.add(fmt.sqrt(fmt.div(v, c(1 - b2))), c(mpq(opt.eps)))
-        want = fmt.sub(p1, fmt.mul(c(lr), fmt.div(fmt.div(m, c(1 - b1)), d)))
-        assert np.array_equal(got[name].runtime, want), name
-        assert np.all(np.isfinite(got[name].eps))
+
+@pytest.mark.parametrize("b1, b2", [(0.9, 0.999), (0.5, 0.6), (0.99, 0.9), (0.5, 0.25),
+                                    (0.0, 0.999), (0.3, 0.05), (0.999, 0.999)])
+def test_adam_quotient_bound_exact(b1, b2):
+    """``|m̂_t| ≤ C_t·√v̂_t`` exactly in rationals (squared: ``m̂² ≤ C²·v̂``) for the exact Adam
+    recurrences from 0 over random and adversarial gradient sequences, t = 1..6, also for
+    ``β₁² > β₂`` (0.99, 0.9), ``β₁² = β₂`` (0.5, 0.25) and ``β₁ = 0``. The bound is attained by
+    ``gᵢ = (β₁/β₂)^{t−i}``, where ``m̂²/v̂`` equals the closed form's ``C_t²`` summed term by term,
+    and the returned float is the smallest float64 whose square is ≥ it (sound and tight)."""
+    rng = np.random.default_rng(11)
+    B1, B2 = mpq(b1), mpq(b2)
+    for t in range(1, 7):
+        c = adam_quotient_bound(b1, b2, t)
+        seqs = {
+            "normal": rng.standard_normal(t), "alternating": (-1.0) ** np.arange(t) * 3.0,
+            "big then tiny": np.array([1e6] + [1e-6] * (t - 1)),
+            "tiny then big": np.array([1e-6] * (t - 1) + [1e6]), "constant": np.full(t, -0.7),
+            "zeros then one": np.array([0.0] * (t - 1) + [1.0]),
+            "one then zeros": np.array([1.0] + [0.0] * (t - 1)),
+            "wide": rng.standard_normal(t) * 10.0 ** rng.integers(-8, 8, size=t)}
+        seqs = {k: [mpq(float(x)) for x in s] for k, s in seqs.items()}
+        seqs["extremal"] = [(B1 / B2) ** (t - i) for i in range(1, t + 1)]
+        for name, gs in seqs.items():
+            m = v = mpq(0)
+            for gi in gs:
+                m, v = B1 * m + (1 - B1) * gi, B2 * v + (1 - B2) * gi * gi
+            m_hat, v_hat = m / (1 - B1 ** t), v / (1 - B2 ** t)
+            assert v_hat > 0, (t, name)
+            assert m_hat ** 2 <= mpq(c) ** 2 * v_hat, (b1, b2, t, name)
+            if name == "extremal":
+                ratio = m_hat ** 2 / v_hat
+                s = sum((B1 * B1 / B2) ** k for k in range(t))
+                assert ratio == (1 - B1) ** 2 / (1 - B1 ** t) ** 2 * (1 - B2 ** t) / (1 - B2) * s
+                assert mpq(c) ** 2 >= ratio > mpq(float(np.nextafter(c, 0.0))) ** 2
+    assert adam_quotient_bound(b1, b2, 1) == 1.0
+
+
+def test_adam_quotient_bound_without_second_moment_decay():
+    """β₂ = 0 (``v̂ = g_t²``): the quotient is ``±1`` at t = 1 or with β₁ = 0; otherwise ``g =
+    (1, 0)`` gives ``v̂ = 0`` with ``m̂ ≠ 0``, so ``|m̂|/(√v̂ + ε) = |m̂|/ε`` has no a-priori bound
+    (``inf``: no cap). Arguments outside the premises are refused."""
+    assert adam_quotient_bound(0.9, 0.0, 1) == 1.0 and adam_quotient_bound(0.0, 0.0, 5) == 1.0
+    assert adam_quotient_bound(0.9, 0.0, 2) == np.inf
+    B1 = mpq(0.9)
+    m = B1 * (1 - B1) * 1 + (1 - B1) * 0          # m after g = (1, 0), and v̂ = 0² = 0
+    assert m != 0
+    assert adam_quotient_bound(0.99, 0.5, 10 ** 4) == np.inf  # C_t² beyond binary64's range
+    for bad in ((0.9, 0.999, 0), (1.0, 0.999, 1), (0.9, 1.0, 1), (-0.1, 0.9, 1)):
+        with pytest.raises(ValueError, match="adam_quotient_bound"):
+            adam_quotient_bound(*bad)
+
+
+def test_cap_magnitude():
+    """``|x_S| ≤ c``: spec ∩ [−c, c], bound ``min(ε, |x̂| + c)`` (rounded up), runtime unchanged;
+    every point of the capped spec within the capped bound (exact), not so for the old spec; a
+    spec disjoint from [−c, c] refused; a NaN runtime caps with inf (not a NaN bound); c = inf
+    changes nothing."""
+    x = Value(np.array([0.25, 0.5, np.nan, 1.375]),
+              Interval.between([-3.0, 0.5, 0.0, 1.25], [2.0, 0.75, 0.0, 1.5]),
+              np.array([100.0, 0.25, np.inf, 0.125]))
+    assert x.spec.encloses(x.runtime, x.eps).all()
+    y = cap_magnitude(x, 1.5)
+    assert y.runtime is x.runtime
+    assert list(y.spec.lo) == [mpq(-3, 2), mpq(1, 2), 0, mpq(5, 4)]
+    assert list(y.spec.hi) == [mpq(3, 2), mpq(3, 4), 0, mpq(3, 2)]
+    assert list(y.eps) == [np.nextafter(1.75, np.inf), 0.25, np.inf, 0.125]  # 0.25 + 1.5, up
+    assert y.spec.encloses(y.runtime, y.eps).all()
+    assert not x.spec.encloses(y.runtime, y.eps).all()       # the old spec is too wide for it
+    assert cap_magnitude(x, np.inf) is x
+    assert cap_magnitude(x, 1.5, spec=False).spec is None
+    assert cap_magnitude(x, 1.5, bounds=False).eps is None
+    with pytest.raises(ValueError, match="outside"):
+        cap_magnitude(x, 0.25)
+    with pytest.raises(ValueError, match="c must"):
+        cap_magnitude(x, -1.0)
+
+
+def test_adamw_cap_intersects_the_quotient_spec(monkeypatch):
+    """A gradient enclosure straddling 0 gives ``m̂/d`` the spec ``[−M/ε, M/ε]`` (interval
+    division loses that ``m`` and ``v`` come from the same gradient); the true quotient lies in
+    ``[−C_1, C_1] = [−1, 1]``. With the cap, the parameter's spec is ``[−lr, lr]`` and its bound
+    ``≈ lr·(|q̂| + 1)`` holds for every point of it (exact test). Without the cap (``C = inf``)
+    the bound is the division rule's, orders of magnitude larger, and its spec has points the
+    capped bound would not cover: capping the bound needs the spec intersected too."""
+    _needs("sub", "div", "sqrt")
+    fmt = formats.get("bfloat16")
+    opt = AdamW(lr=0.01, eps=1e-6, weight_decay=0.0)
+    zero = np.zeros(1)
+    p = Value(zero, Interval.exact(zero), zero)
+    g = Value(np.array([0.0625]), Interval.between([-0.5], [1.0]), np.array([1.0]))
+    new, state = opt.update(fmt, 1, p, g, opt.init(fmt, p, True, True), True, True)
+    assert state["t"] == 1
+    lr = mpq(opt.lr)
+    assert new.spec.lo[0] == -lr and new.spec.hi[0] == lr
+    assert new.spec.encloses(new.runtime, new.eps).all()
+    assert new.eps[0] <= 3 * opt.lr
+    monkeypatch.setattr(sys.modules["nfbound.graph.train"], "adam_quotient_bound",
+                        lambda b1, b2, t: np.inf)
+    raw, _ = opt.update(fmt, 1, p, g, opt.init(fmt, p, True, True), True, True)
+    assert np.array_equal(raw.runtime, new.runtime)
+    assert raw.spec.encloses(raw.runtime, raw.eps).all() and raw.eps[0] > 1000 * new.eps[0]
+    assert not raw.spec.encloses(new.runtime, new.eps).all()
+
+
+def test_adamw_step_count_is_checked():
+    """The quotient cap and the bias correction need ``t`` = 1 + the updates of this state."""
+    fmt = formats.get("bfloat16")
+    opt = AdamW()
+    p = Value(np.ones(2), Interval.exact(np.ones(2)), np.zeros(2))
+    with pytest.raises(ValueError, match="step 2 on a state after 0 updates"):
+        opt.update(fmt, 2, p, p, opt.init(fmt, p, True, True), True, True)
 
 
 def test_divide_floor_finite_where_div_is_not():
@@ -209,11 +361,11 @@ def test_step_verdicts_catch_forward_gradient_and_parameter_failures(monkeypatch
         res = train(g, fmt, SGD(lr=0.05), b, steps=1)
         s = res.steps[0]
         assert s.forward_failed == () and {"W1", "W2"} <= set(s.backward_failed)
-        assert "parameter W1" in s.failures() and s.holds() is False and res.holds() is False
+        assert "parameter W1" in s.failures() and s.holds is False and res.holds is False
     with monkeypatch.context() as m:
         _patched(m, "relu", bound=lambda fmt, xs, eps: np.zeros(np.shape(xs[0])))
         s = train(g, fmt, SGD(lr=0.05), b, steps=1).steps[0]
-        assert "a1" in s.forward_failed and s.holds() is False
+        assert "a1" in s.forward_failed and s.holds is False
 
 
 def test_step_verdicts_without_spec_or_bounds_are_none():
@@ -225,7 +377,7 @@ def test_step_verdicts_without_spec_or_bounds_are_none():
     for kw in ({"spec": False}, {"bounds": False}, {"spec": False, "bounds": False}):
         res = train(g, fmt, SGD(lr=0.05), b, steps=1, **kw)
         s = res.steps[0]
-        assert s.holds() is None and s.failures() is None and res.holds() is None
+        assert s.holds is None and s.failures() is None and res.holds is None
         for n, v in s.params.items():            # the runtime does not depend on the flags
             assert np.array_equal(v.runtime, full.params[n].runtime)
 

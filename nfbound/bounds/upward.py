@@ -100,6 +100,15 @@ def exact_array_up(x) -> np.ndarray:
     return np.array([exact_up(v) for v in a.reshape(-1)], dtype=np.float64).reshape(a.shape)
 
 
+def abs_up(x) -> np.ndarray:
+    """``|x|`` of runtime values as float64 rounded upward (exact for binary64 values; object
+    arrays of rationals through :func:`exact_up`)."""
+    a = np.asarray(x)
+    if a.dtype == object:
+        return exact_array_up(np.vectorize(abs, otypes=[object])(a))
+    return np.abs(a)
+
+
 def exp_up(x) -> np.ndarray:
     """Upper bound of ``e^x``: NumPy's ``exp`` is within a few binary64 ulps; four steps up
     cover an error of up to 4 ulps (libm ``exp`` is documented below 1 ulp)."""

@@ -21,12 +21,17 @@ Orders (``RN`` is rounding to the format; ``g`` the runtime gradient, ``t`` the 
   ``v̂ = RN(v' / RN(1 − β₂ᵗ))``, ``d = RN(RN(√v̂) + RN(ε))``, ``p' = RN(p₁ − RN(lr·RN(m̂ / d)))``.
   The spec denominator is ``√v̂ + ε ≥ ε > 0``, so ``m̂ / d`` is bounded by the division rule with
   that floor (:func:`divide_floor`): finite even where ``d̂`` is not known to be away from 0.
+  That bound grows like ``1/ε`` where ``d̂`` is not known to be away from 0 (low precision), so
+  it is capped by the a-priori bound ``|q| ≤ C_t`` of the exact quotient ``q = m̂/d``
+  (:func:`adam_quotient_bound`): its spec is intersected with ``[−C_t, C_t]`` and its bound is
+  ``min(division bound, |RN(m̂/d)| + C_t)`` (:func:`cap_magnitude`).
 
 Each :class:`StepResult` records the exact enclosure verdicts of the step's forward values,
 gradients and updated parameters (the end-to-end check of issue 5).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -34,7 +39,7 @@ import numpy as np
 from gmpy2 import mpq
 from tqdm.auto import tqdm
 
-from ..bounds.upward import exact_up
+from ..bounds.upward import abs_up, add_up, exact_up
 from ..formats import Format
 from ..ops.elementwise import div_error
 from ..ops.interval import Interval
@@ -74,6 +79,87 @@ def divide_floor(fmt: Format, x: Value, y: Value, floor: float, spec: bool = Tru
         sp = P.spec(x.spec, y.spec)
     ep = div_error(fmt, x.runtime, x.eps, y.runtime, y.eps, floor=floor)[1] if bounds else None
     return Value(rt, sp, ep)
+
+
+def cap_magnitude(x: Value, c: float, spec: bool = True, bounds: bool = True) -> Value:
+    """``x`` with the a-priori knowledge ``|x_S| ≤ c`` of the exact quantity ``x_S`` it encloses
+    (the caller's premise; ``c`` a float64 ≥ 0, ``inf`` when nothing is known).
+
+    The spec becomes ``spec ∩ [−c, c]``: it still contains ``x_S`` (in both sets). The bound
+    becomes ``min(ε, |x̂| + c)`` (the sum rounded up; ``inf`` where ``x̂`` is NaN): for every
+    point ``x`` of the new spec, ``x`` lies in the old spec, so ``|x̂ − x| ≤ ε``, and ``|x| ≤ c``,
+    so ``|x̂ − x| ≤ |x̂| + c``. The runtime is unchanged. A spec enclosure disjoint from
+    ``[−c, c]`` contradicts the premise: ``ValueError``."""
+    if not c >= 0:
+        raise ValueError(f"cap_magnitude: c must be ≥ 0, got {c!r}")
+    if c == math.inf:
+        return x
+    sp = None
+    if spec:
+        cq = mpq(c)
+        lo = np.asarray(np.vectorize(lambda a: a if a > -cq else -cq, otypes=[object])(x.spec.lo),
+                        dtype=object).reshape(x.spec.shape)
+        hi = np.asarray(np.vectorize(lambda a: a if a < cq else cq, otypes=[object])(x.spec.hi),
+                        dtype=object).reshape(x.spec.shape)
+        if np.any(lo > hi):
+            raise ValueError(f"cap_magnitude: the spec enclosure lies outside [−{c!r}, {c!r}]")
+        sp = Interval(lo, hi)
+    ep = None
+    if bounds:
+        cap = add_up(abs_up(x.runtime), c)
+        ep = np.minimum(x.eps, np.where(np.isnan(cap), np.inf, cap))
+    return Value(x.runtime, sp, ep)
+
+
+@functools.lru_cache(maxsize=1024)
+def adam_quotient_bound(beta1, beta2, t: int) -> float:
+    """The smallest float64 ``≥ C_t``, an a-priori bound of the exact Adam quotient at step
+    ``t ≥ 1``: ``|m̂_t / (√v̂_t + ε)| ≤ C_t`` for every real gradient sequence ``g_1..g_t`` and
+    every ``ε > 0``; ``inf`` where no such bound exists or ``C_t`` exceeds binary64's range.
+    ``beta1``, ``beta2`` in ``[0, 1)`` are taken as the exact rationals they denote.
+
+    Exact Adam from ``m_0 = v_0 = 0``: ``m_t = β₁m_{t−1} + (1−β₁)g_t``, ``v_t = β₂v_{t−1} +
+    (1−β₂)g_t²``, i.e. ``m_t = Σᵢ (1−β₁)β₁^{t−i} gᵢ`` and ``v_t = (1−β₂) Σᵢ β₂^{t−i} gᵢ²``. For
+    ``β₂ > 0``, Cauchy–Schwarz on ``(β₁/√β₂)^{t−i} · (√β₂^{t−i} gᵢ)`` gives
+
+        |m_t| ≤ (1−β₁) · √S · √(v_t/(1−β₂)),    S = Σ_{k=0}^{t−1} (β₁²/β₂)^k
+
+    (``S = t`` when ``β₁² = β₂``, ``(1 − rᵗ)/(1 − r)`` with ``r = β₁²/β₂`` otherwise, also for
+    ``r > 1``). With ``m̂ = m_t/(1−β₁ᵗ)``, ``v̂ = v_t/(1−β₂ᵗ)`` and ``√v̂ + ε > √v̂``:
+
+        |m̂/(√v̂ + ε)| ≤ |m̂|/√v̂ ≤ C_t = (1−β₁)/(1−β₁ᵗ) · √((1−β₂ᵗ)/(1−β₂)) · √S,
+
+    and where ``v_t = 0`` every ``gᵢ = 0`` (all weights ``β₂^{t−i}`` are positive), so
+    ``m̂ = 0``. Equality ``|m̂|/√v̂ = C_t`` holds for ``gᵢ = (β₁/β₂)^{t−i}``. ``C_1 = 1``.
+    For ``β₂ = 0``: ``v̂ = g_t²``, and ``m̂ = g_t`` when ``t = 1`` or ``β₁ = 0`` (``C_t = 1``);
+    otherwise ``g = (…, 1, 0)`` gives ``v̂ = 0 ≠ m̂``, ``|q| = |m̂|/ε`` unbounded (``inf``).
+
+    ``C_t²`` is computed exactly in rationals and its square root rounded up
+    (:func:`_sqrt_up`)."""
+    b1, b2 = mpq(beta1), mpq(beta2)
+    if not (0 <= b1 < 1 and 0 <= b2 < 1 and isinstance(t, int) and t >= 1):
+        raise ValueError(f"adam_quotient_bound: need betas in [0, 1) and t ≥ 1, got "
+                         f"{beta1!r}, {beta2!r}, {t!r}")
+    if b2 == 0:
+        return 1.0 if t == 1 or b1 == 0 else math.inf
+    r = b1 * b1 / b2
+    s = mpq(t) if r == 1 else (1 - r ** t) / (1 - r)
+    c2 = (1 - b1) ** 2 * (1 - b2 ** t) * s / ((1 - b1 ** t) ** 2 * (1 - b2))
+    return _sqrt_up(c2)
+
+
+def _sqrt_up(q: mpq) -> float:
+    """The smallest float64 ``s ≥ 0`` with ``s² ≥ q`` (exact rational comparisons; ``inf``
+    above binary64's range), i.e. ``√q`` rounded up, for a rational ``q ≥ 0``."""
+    f = exact_up(q)
+    if f == math.inf:
+        return math.inf
+    s = math.sqrt(f)
+    while mpq(s) ** 2 < q:
+        s = float(np.nextafter(s, math.inf))
+    while s > 0 and mpq(float(np.nextafter(s, 0.0))) ** 2 >= q:
+        s = float(np.nextafter(s, 0.0))
+    return s
 
 
 def square(fmt: Format, g: Value, spec: bool = True, bounds: bool = True) -> Value:
@@ -165,7 +251,18 @@ class Momentum:
 
 @dataclass(frozen=True)
 class AdamW:
-    """AdamW (decoupled weight decay), rounding order in the module docstring."""
+    """AdamW (decoupled weight decay), rounding order in the module docstring.
+
+    The bound of ``RN(m̂/d)`` is the division rule's capped by ``|RN(m̂/d)| + C_t``
+    (:func:`adam_quotient_bound`). The premise of ``C_t``: the spec ``m``, ``v`` are the exact
+    recurrences from 0 over the spec gradients of steps ``1..t`` — they are, since :meth:`init`
+    starts them at exact zeros, ``β₁``, ``β₂``, ``1 − β₁``, ``1 − β₂`` are exact constants, the
+    same spec gradient ``g`` feeds ``m`` and ``v`` (``g·g`` as ``|g|·|g|``), weight decay acts on
+    ``p`` only (decoupled: it never enters ``m``, ``v``), and ``t`` is the 1-based count of
+    updates of this state (checked: the state counts its updates, a mismatch is a
+    ``ValueError``). The spec gradients are those of the exact training run from the same
+    initial parameters and data; ``C_t`` holds for any real gradient sequence, so for them.
+    """
 
     lr: float = 1e-3
     betas: tuple = (0.9, 0.999)
@@ -183,10 +280,14 @@ class AdamW:
 
     def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
         shape = np.shape(p.runtime)
-        return {"m": zeros(fmt, shape, spec, bounds), "v": zeros(fmt, shape, spec, bounds)}
+        return {"m": zeros(fmt, shape, spec, bounds), "v": zeros(fmt, shape, spec, bounds),
+                "t": 0}
 
     def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
                bounds: bool):
+        if t != state["t"] + 1:
+            raise ValueError(f"AdamW: step {t} on a state after {state['t']} updates "
+                             f"(bias correction and the quotient cap need t = {state['t'] + 1})")
         kw = dict(spec=spec, bounds=bounds)
         shape = np.shape(p.runtime)
         lr, b1, b2 = mpq(self.lr), mpq(self.betas[0]), mpq(self.betas[1])
@@ -210,8 +311,10 @@ class AdamW:
         eps_q = mpq(self.eps)
         d = apply(fmt, "add", apply(fmt, "sqrt", v_hat, **kw), c(eps_q), **kw)
         floor = -exact_up(-eps_q)
-        step = apply(fmt, "mul", c(lr), divide_floor(fmt, m_hat, d, floor, **kw), **kw)
-        return apply(fmt, "sub", p1, step, **kw), {"m": m, "v": v}
+        q = cap_magnitude(divide_floor(fmt, m_hat, d, floor, **kw),
+                          adam_quotient_bound(self.betas[0], self.betas[1], t), **kw)
+        step = apply(fmt, "mul", c(lr), q, **kw)
+        return apply(fmt, "sub", p1, step, **kw), {"m": m, "v": v, "t": t}
 
 
 def _nonneg(s: Interval) -> Interval:
@@ -251,6 +354,7 @@ class StepResult:
                 + [f"parameter {n}" for n, v in self.params.items()
                    if not bool(v.spec.encloses(v.runtime, v.eps).all())])
 
+    @property
     def holds(self) -> bool | None:
         """Forward values, gradients and updated parameters all within their bounds; ``None``
         without spec or bounds."""
@@ -269,10 +373,11 @@ class TrainResult:
         """The parameters after the last step (``{}`` when no step ran)."""
         return self.steps[-1].params if self.steps else {}
 
+    @property
     def holds(self) -> bool | None:
-        """Every step holds (:meth:`StepResult.holds`); ``None`` if trained without spec or
+        """Every step holds (:attr:`StepResult.holds`); ``None`` if trained without spec or
         bounds; ``True`` for zero steps (nothing was computed, nothing failed)."""
-        verdicts = [s.holds() for s in self.steps]
+        verdicts = [s.holds for s in self.steps]
         return None if None in verdicts else all(verdicts)
 
 

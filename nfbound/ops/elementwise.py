@@ -31,7 +31,7 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
-from ..bounds.upward import add_up, div_up, exact_array_up, exact_up, mul_up, up
+from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, exact_up, mul_up, up
 from ..formats import Format, fast
 from ..formats import reference
 from ..formats.reference import round_rational, to_exact
@@ -50,14 +50,6 @@ def _nan_to_inf(bound) -> np.ndarray:
     a NaN bound would fail silently in comparisons."""
     b = np.asarray(bound, dtype=np.float64)
     return np.where(np.isnan(b), np.inf, b)
-
-
-def _abs(x) -> np.ndarray:
-    """``|x|`` of runtime values as float64 rounded upward (exact for binary64 values)."""
-    a = np.asarray(x)
-    if a.dtype == object:
-        return exact_array_up(np.vectorize(abs, otypes=[object])(a))
-    return np.abs(a)
 
 
 def _binary(fmt: Format, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +141,7 @@ def mul_error(fmt: Format, x, ex, y, ey):
     """
     z = fmt.mul(x, y)
     r = rounding_term(fmt, z, _zero(x) | _zero(y))
-    return z, _nan_to_inf(add_up(mul_up(_abs(x), ey), mul_up(_abs(y), ex), mul_up(ex, ey), r))
+    return z, _nan_to_inf(add_up(mul_up(abs_up(x), ey), mul_up(abs_up(y), ex), mul_up(ex, ey), r))
 
 
 def mul_bound(fmt: Format, xs, eps):
@@ -335,7 +327,7 @@ def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
     r = rounding_term(fmt, z, exact)
     ay = _abs_down(y)
     den = np.maximum(_sub_down(ay, ey), floor)
-    q = div_up(_abs(x), ay)                     # |x̂/ŷ| rounded up (inf where ŷ = 0)
+    q = div_up(abs_up(x), ay)                     # |x̂/ŷ| rounded up (inf where ŷ = 0)
     return z, _nan_to_inf(add_up(div_up(add_up(ex, mul_up(q, ey)), den), r))
 
 
@@ -689,7 +681,7 @@ def safe_div_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     c_hi = exact_up(cq)
     both_one = _sub_down(y_lo, ey) >= c_hi
     both_zero = add_up(y_hi, ey) < floor
-    egy = np.where(both_one, e, np.where(both_zero, 0.0, add_up(_abs(G), e)))
+    egy = np.where(both_one, e, np.where(both_zero, 0.0, add_up(abs_up(G), e)))
     return egx, _nan_to_inf(egy)
 
 
@@ -748,7 +740,7 @@ def abs_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     (ex,) = _check_eps(("eps_x",), eps, (x,))
     g = _grad(fmt, g, x)
     eg = _grad_eps(eps_g, g)
-    ag = _abs(g)
+    ag = abs_up(g)
     zero = _zero(x)
     sure = _abs_down(x) > ex
     return (_nan_to_inf(np.where(sure, eg,
@@ -802,7 +794,7 @@ def relu_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     g = _grad(fmt, g, x)
     eg = _grad_eps(eps_g, g)
     lo, hi = _float_lo_hi(x)
-    ag = _abs(g)
+    ag = abs_up(g)
     positive = np.asarray(x) > 0
     both_one = lo > ex
     both_zero = hi <= -ex

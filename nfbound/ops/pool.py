@@ -48,12 +48,12 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
-from ..bounds.upward import add_up, div_up
+from ..bounds.upward import abs_up, add_up, div_up
 from ..formats import Format, fast
 from . import checks
 from .accumulate import accumulate, check_order, rounded_add
 from .conv_kernels import add_step
-from .elementwise import _abs, _zero
+from .elementwise import _zero
 from .interval import Interval
 from .primitive import Primitive, register
 
@@ -449,7 +449,7 @@ def max_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=No
     t, cand, certain = _candidates(xw, low, high)
     K = xw.shape[-1]
     hit = np.arange(K) == t[..., None]
-    unsure = add_up(_abs(g), eg)[..., None]
+    unsure = add_up(abs_up(g), eg)[..., None]
     delta = np.where(certain[..., None], np.where(hit, eg[..., None], 0.0),
                      np.where(cand, unsure, 0.0))
     contrib = _route(g, t, K)
