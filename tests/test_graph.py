@@ -179,6 +179,26 @@ def test_consumer_of_an_overflowed_value_raises_naming_it():
                                        res.spec, res.eps), loss="s")
 
 
+def test_graph_checks_the_grid_once_per_leaf():
+    """Inside the graphs the rules skip the grid test (every value is a format value by
+    construction); a parameter override that is off the grid is refused on entry, and the
+    trust does not leak out of the evaluation."""
+    from nfbound.graph.forward import Value
+    from nfbound.ops import checks
+    fmt = formats.get("bfloat16")
+    g = Graph()
+    g.input("x")
+    g.param("w", np.array([0.5, 0.25]))
+    g.output(g.op("mul", "x", "w", name="y"))
+    x = {"x": np.array([1.0, 3.0])}
+    assert g.forward(fmt, x).holds
+    off = Value(np.array([0.1, 0.25]), Interval.exact(np.array([0.1, 0.25])), np.zeros(2))
+    with pytest.raises(ValueError, match=r"node 'w' \(param\).*not bfloat16 values"):
+        g.forward(fmt, x, params={"w": off})
+    with pytest.raises(ValueError, match="not bfloat16 values"):
+        checks.format_value("x", np.array([0.1]), fmt)
+
+
 # -- graph errors ---------------------------------------------------------------------------------
 def test_unknown_op_names_node():
     g = Graph()

@@ -59,6 +59,15 @@ def _upstream(rng, fmt, shape, rel: float):
     return g, eg, Interval.exact(exact_array(g) + exact_array(eg) / 4)
 
 
+def _assert_format_values(fmt, out, what: str) -> None:
+    """Every finite runtime result is a value of the format: the graphs rely on it to check
+    the grid once per leaf (``checks.trusted_format_values``)."""
+    a = np.asarray(out)
+    finite = np.isfinite(a) if a.dtype != object else np.vectorize(
+        lambda v: not (isinstance(v, float) and not np.isfinite(v)), otypes=[bool])(a)
+    assert np.asarray(fmt.is_representable(a))[finite].all(), f"{what} is off the grid of {fmt}"
+
+
 def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)) -> None:
     """Forward and VJP enclosures on ``trials`` sampled instances of the primitive: the first
     with spec inputs equal to the runtime ones, the others with relative input errors cycling
@@ -77,6 +86,7 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
             continue  # a spec domain error (e.g. log of an enclosure reaching 0) is a clear refusal
         bound = P.bound(fmt, xs, eps, **params)
         assert np.shape(bound) == np.shape(out)
+        _assert_format_values(fmt, out, f"{op_name} runtime")
         ok = spec_out.encloses(out, bound)
         assert ok.all(), (f"{op_name} forward enclosure failed in {fmt_name}: distance "
                           f"{spec_out.distance(out)[~ok][:3]} > bound {np.asarray(bound)[~ok][:3]}")
@@ -89,6 +99,7 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
             if gr is None:
                 continue
             assert np.shape(gr) == np.shape(xs[i]) == np.shape(gb)
+            _assert_format_values(fmt, gr, f"{op_name} VJP runtime of input {i}")
             ok = gs.encloses(gr, gb)
             assert ok.all(), f"{op_name} VJP enclosure failed for input {i} in {fmt_name}"
 

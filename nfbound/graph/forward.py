@@ -16,6 +16,7 @@ rounded upward; a label input is passed through unchanged (``ε = 0``, not diffe
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..bounds.upward import exact_array_up, up
 from ..formats import Format
+from ..ops import checks
 from ..ops.interval import Interval
 
 KINDS = ("data", "label", "param", "op")
@@ -83,9 +85,15 @@ def op_params(P, node: Node, order: str) -> dict:
     """The keyword parameters every rule of ``P`` receives at ``node``: the node's own params,
     plus ``order`` when the op takes one and the node did not fix it."""
     params = dict(node.params)
-    if "order" not in params and "order" in inspect.signature(P.runtime).parameters:
+    if "order" not in params and _takes_order(P.runtime):
         params["order"] = order
     return params
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_order(runtime) -> bool:
+    """Whether a runtime rule has an ``order`` parameter (signatures are fixed: cached)."""
+    return "order" in inspect.signature(runtime).parameters
 
 
 def leaf_value(fmt: Format, a, spec: bool = True, bounds: bool = True) -> Value:
@@ -271,14 +279,18 @@ class Graph:
             node = self.nodes[n]
             try:
                 if node.kind == "op":
-                    v = self._eval_op(fmt, node, rt, sp, ep, order)
+                    with checks.trusted_format_values():
+                        v = self._eval_op(fmt, node, rt, sp, ep, order)
                 elif node.kind == "label":
                     v = label_value(inputs[n], spec, bounds)
                 elif node.kind == "data":
                     v = leaf_value(fmt, inputs[n], spec, bounds)
                 else:
-                    v = params[n] if n in params else leaf_value(fmt, node.value, spec, bounds)
-                    v = Value(*v)
+                    if n in params:
+                        v = Value(*params[n])
+                        checks.format_value("runtime value", v.runtime, fmt)
+                    else:
+                        v = leaf_value(fmt, node.value, spec, bounds)
                     if (spec and v.spec is None) or (bounds and v.eps is None):
                         raise ValueError("parameter state lacks spec or eps")
             except (ValueError, TypeError, ZeroDivisionError) as e:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..bounds.ctx import ctx_add_bound
 from ..formats import Format
 from ..ops.interval import Interval
+from ..ops import checks
 from .forward import (ForwardResult, Graph, Value, _disable, op_params, primitive,
                       refuse_overflowed)
 
@@ -89,7 +90,8 @@ def backward(graph: Graph, fmt: Format, result: ForwardResult, loss: str | None 
             continue
         g = grads[n]
         try:
-            contribs = _vjp(fmt, node, result, g, spec, bounds)
+            with checks.trusted_format_values():
+                contribs = _vjp(fmt, node, result, g, spec, bounds)
         except (ValueError, TypeError, ZeroDivisionError) as e:
             raise ValueError(f"node {n!r} ({node.op}) backward: {e}") from e
         for i, c in zip(node.inputs, contribs):

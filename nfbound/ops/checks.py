@@ -1,9 +1,15 @@
 """Argument checks shared by the ops: clear ``ValueError``s that name the argument."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
 import numpy as np
 
 from ..formats import Format
+
+_TRUSTED: ContextVar[bool] = ContextVar("nfbound_trusted_format_values", default=False)
 
 
 def finite(name: str, x) -> np.ndarray:
@@ -31,12 +37,31 @@ def format_value(name: str, x, fmt: Format) -> np.ndarray:
     becoming the input's ``eps`` (the graphs do this for inputs and parameters).
     """
     a = finite(name, x)
+    if _TRUSTED.get():
+        return a
     on_grid = np.asarray(fmt.is_representable(a), dtype=bool)
     if not on_grid.all():
         bad = np.asarray(a).reshape(-1)[np.flatnonzero(~on_grid.reshape(-1))[0]]
         raise ValueError(f"{name} holds values that are not {fmt} values (e.g. {bad}); "
                          f"round them with the format's round() first")
     return a
+
+
+@contextmanager
+def trusted_format_values() -> Iterator[None]:
+    """Within this block :func:`format_value` checks finiteness only, not the grid.
+
+    For composers whose every runtime value is a format value by construction: the graphs,
+    whose leaves are rounded with ``fmt.round`` (or checked once on entry) and whose other
+    values are outputs of runtime rules (every rule returns values of its format: the
+    registry-wide test checks it). The grid test then runs once per leaf instead of once per
+    rule call.
+    """
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def same_shape(names: tuple[str, str], a, b) -> None:
