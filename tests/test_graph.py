@@ -153,6 +153,7 @@ def test_report_reason_for_infinite_bound():
     res = g.forward(fmt, {"x": np.array([65504.0 * 0.75])}, spec=False)
     rows = {r["node"]: r for r in res.report()}
     assert math.isinf(rows["y"]["max_bound"]) and "overflow" in rows["y"]["reason"]
+    assert "at index (0,)" in rows["y"]["reason"]
     assert rows["x"]["reason"] is None
     table = format_table(res.report())
     assert "overflow" in table

@@ -35,28 +35,36 @@ def _saturated(fmt: Format, x) -> bool:
     return bool(np.any(np.abs(a) == float(fmt.max_finite)))
 
 
+def _first_inf(e: np.ndarray) -> tuple[int, ...]:
+    """The first position (row-major) of an infinite bound."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(np.isinf(e))), np.shape(e)))
+
+
 def inf_reason(graph, name: str, runtime, eps, fmt: Format, gradient: bool = False) -> str | None:
-    """Why ``eps[name]`` has an infinite entry (``None`` if it has none)."""
+    """Why ``eps[name]`` has an infinite entry (``None`` if it has none), with the first
+    position where it is infinite."""
     e = eps[name]
     if not np.any(np.isinf(e)):
         return None
+    where = f" at index {_first_inf(e)}" if np.ndim(e) else ""
     what = "gradient" if gradient else "value"
     if nonfinite(runtime[name]):
-        return f"runtime {what} overflowed (inf/NaN) in {fmt}"
+        return f"runtime {what} overflowed (inf/NaN) in {fmt}{where}"
     if _saturated(fmt, runtime[name]):
-        return f"runtime {what} reaches ±max_finite of {fmt}: the exact value may be larger"
+        return (f"runtime {what} reaches ±max_finite of {fmt}{where}: the exact value may be "
+                f"larger")
     node = graph.nodes[name]
     if node.kind in ("data", "param"):
         if gradient:
             return "infinite bound of a gradient contribution from a consumer"
-        return f"rounding the {node.kind} overflows {fmt}"
+        return f"rounding the {node.kind} overflows {fmt}{where}"
     if gradient:
         return "infinite bound inherited from the upstream gradient or an input of a consumer"
     bad = [i for i in node.inputs if i in eps and np.any(np.isinf(eps[i]))]
     if bad:
-        return f"infinite bound inherited from input {bad[0]!r}"
-    return f"the {node.op} bound rule gave inf (rounding term overflow or bound arithmetic " \
-           f"beyond binary64)"
+        return f"infinite bound inherited from input {bad[0]!r}{where}"
+    return (f"the {node.op} bound rule gave inf{where} (rounding term overflow or bound "
+            f"arithmetic beyond binary64)")
 
 
 def _max(e) -> float:
