@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from nfbound import formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats import reference
-from nfbound.ops import checks
 from nfbound.ops import conv as C
 from nfbound.ops.accumulate import accumulate, rounded_add
 from nfbound.ops.elementwise import mul_error
@@ -959,15 +958,9 @@ def test_off_grid_decimal_input_is_refused():
         C.conv.runtime(fmt, np.full((1, 1, 2, 2), 0.1), w)
 
 
-def test_each_runtime_input_is_checked_once_per_call(monkeypatch):
+def test_each_runtime_input_is_checked_once_per_call(format_value_calls):
     """Every rule checks each runtime input (and ``g``) exactly once."""
-    seen = []
-    real = checks.format_value
-
-    def spy(name, x, fmt):
-        seen.append(name)
-        return real(name, x, fmt)
-    monkeypatch.setattr(checks, "format_value", spy)
+    seen = format_value_calls
     fmt = formats.get("binary16")
     for P in (C.conv, C.conv_transpose):
         xs, params = P.sample(np.random.default_rng(2), fmt)

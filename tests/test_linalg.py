@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from nfbound import formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats import reference
-from nfbound.ops import checks
 from nfbound.ops import linalg as L
 from nfbound.ops.accumulate import accumulate
 from nfbound.ops.interval import Interval
@@ -594,14 +593,8 @@ def test_off_grid_runtime_values_are_refused(name, order_free):
                 call(xs, off(g))
 
 
-def test_each_runtime_value_is_checked_once_per_call(monkeypatch):
-    seen = []
-    real = checks.format_value
-
-    def spy(name, x, fmt):
-        seen.append(name)
-        return real(name, x, fmt)
-    monkeypatch.setattr(checks, "format_value", spy)
+def test_each_runtime_value_is_checked_once_per_call(format_value_calls):
+    seen = format_value_calls
     fmt = formats.get("binary16")
     for name in LINALG_CASES:
         P, xs, g, names = _case(name, fmt)
