@@ -244,11 +244,11 @@ def cmd_verify(args) -> int:
     from .ops.interval import Interval
     fmt = _fmt(args.format)
     reg, argnames, defaults, shapes, grad = _parse_op(args.op)
-    from .graph.forward import primitive
+    from .graph.forward import _takes_order, primitive
     P = primitive(reg)
     xs, params = _instance(args, fmt, P, argnames, defaults, shapes)
     if args.order is not None:
-        if "order" not in inspect.signature(P.runtime).parameters:
+        if not _takes_order(P.runtime):
             raise UsageError(f"verify: --order does not apply to {args.op} ({reg} has no "
                              f"reduction order)")
         params["order"] = args.order      # validated by the op's rules (ValueError: exit 2)

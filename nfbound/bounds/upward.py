@@ -106,7 +106,7 @@ def abs_up(x) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype == object:
         return exact_array_up(np.vectorize(abs, otypes=[object])(a))
-    return np.abs(a)
+    return np.abs(a.astype(np.float64, copy=False))
 
 
 def exp_up(x) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import decimal
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -461,6 +462,8 @@ def _as_binary64(x) -> np.ndarray | None:
     ``np.longdouble``, strings). Raises ``ValueError`` for complex or non-numeric dtypes."""
     if isinstance(x, np.ndarray) and x.dtype == np.float64:
         return x
+    if not isinstance(x, np.ndarray) and _has_big_integer(x):
+        return None   # NumPy would make float64 of a list mixing big integers and floats
     a = np.asarray(x)
     kind = a.dtype.kind
     if kind == "b" or (kind == "f" and a.dtype.itemsize <= 8):
@@ -472,6 +475,12 @@ def _as_binary64(x) -> np.ndarray | None:
     if kind in "OfUS":
         return None
     raise ValueError(f"x must hold real numbers, got an array of dtype {a.dtype}")
+
+
+def _has_big_integer(x) -> bool:
+    """Whether a list or scalar holds an integer beyond ±2^53 (not exactly a binary64)."""
+    return any(isinstance(v, numbers.Integral) and abs(int(v)) > _INT_EXACT
+               for v in np.asarray(x, dtype=object).reshape(-1))
 
 
 def _map(f: Callable, x) -> np.ndarray:

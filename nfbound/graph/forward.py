@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,6 +28,9 @@ from ..bounds.upward import exact_array_up, up
 from ..formats import Format
 from ..ops import checks
 from ..ops.interval import Interval
+
+if TYPE_CHECKING:
+    from .reverse import BackwardResult
 
 KINDS = ("data", "label", "param", "op")
 

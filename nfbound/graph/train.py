@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..bounds.upward import abs_up, add_up, exact_up
 from ..formats import Format
+from ..ops import checks
 from ..ops.elementwise import div_error
 from ..ops.interval import Interval
 from .forward import Graph, Value, _disable, primitive
@@ -71,13 +72,15 @@ def divide_floor(fmt: Format, x: Value, y: Value, floor: float, spec: bool = Tru
     if not (floor > 0 and math.isfinite(floor)):
         raise ValueError(f"floor must be a positive finite float, got {floor!r}")
     P = primitive("div")
-    rt = P.runtime(fmt, x.runtime, y.runtime)
+    if bounds:   # div_error computes RN(x̂/ŷ) with fmt.div, exactly as the div runtime rule
+        rt, ep = div_error(fmt, x.runtime, x.eps, y.runtime, y.eps, floor=floor)
+    else:
+        rt, ep = P.runtime(fmt, x.runtime, y.runtime), None
     sp = None
     if spec:
         if np.any(y.spec.lo < mpq(floor)):
             raise ValueError(f"div: the spec denominator reaches below its stated floor {floor!r}")
         sp = P.spec(x.spec, y.spec)
-    ep = div_error(fmt, x.runtime, x.eps, y.runtime, y.eps, floor=floor)[1] if bounds else None
     return Value(rt, sp, ep)
 
 
@@ -417,9 +420,10 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
         f_fail, b_fail = res.failures(), back.failures()
         new = {}
         for n, p in state_p.items():
-            try:
-                new[n], opt_state[n] = optimizer.update(fmt, k + 1, p, back.value(n),
-                                                        opt_state[n], spec, bounds)
+            try:   # parameters were checked on entering the forward pass; the rest are outputs
+                with checks.trusted_format_values():   # of rules: format values
+                    new[n], opt_state[n] = optimizer.update(fmt, k + 1, p, back.value(n),
+                                                            opt_state[n], spec, bounds)
             except (ValueError, TypeError, ZeroDivisionError) as e:
                 raise ValueError(f"param {n!r}: optimizer step {k + 1}: {e}") from e
         state_p = new

@@ -88,7 +88,7 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import _saturates, rounding_term
-from ..bounds.upward import add_up, mul_up, sum_up
+from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
 from . import checks, conv_kernels
 from .accumulate import check_order
@@ -96,7 +96,7 @@ from .elementwise import mul_error
 from .interval import Interval
 from .linalg import _finite, order_free_dot_bound
 from .primitive import Primitive, register
-from .reduce import _abs_up, _check_bool, order_free_sum_bound
+from .reduce import _check_bool, order_free_sum_bound
 
 ENGINES = ("auto", "compiled", "generic")
 
@@ -443,7 +443,7 @@ def _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out):
     N, C = A.shape[:2]
     Co = W.shape[1]
     Pn, M = first.shape
-    absA, absW = _abs_up(A), _abs_up(W)
+    absA, absW = abs_up(A), abs_up(W)
     S, P = np.zeros((N, Co, Pn)), np.zeros((N, Co, Pn))
     for j in range(M):
         live = j < count
@@ -454,7 +454,7 @@ def _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out):
             S, P = _abs_sums_step(S, P, a, ea, absW[c][:, ki][None], eW[c][:, ki][None])
     n_terms = C * count
     if b is not None:
-        S = add_up(S, _abs_up(b)[None, :, None])
+        S = add_up(S, abs_up(b)[None, :, None])
         P = add_up(P, eb[None, :, None])
         n_terms = n_terms + 1
     return _order_free(fmt, S, P, n_terms, out)
@@ -467,7 +467,7 @@ def _weight_grad_order_free(fmt, X, eX, D, eD, table, out):
     N, Ci = X.shape[:2]
     Co = D.shape[1]
     K, M = first.shape
-    absX, absD = _abs_up(X), _abs_up(D)
+    absX, absD = abs_up(X), abs_up(D)
     S, P = np.zeros((Co, Ci, K)), np.zeros((Co, Ci, K))
     for j in range(M):
         live = j < count
@@ -484,7 +484,7 @@ def _bias_grad_order_free(fmt, D, eD, out):
     (``N·P`` terms, format values with errors ``eD``)."""
     N, Co, Pn = D.shape
     flat = (lambda a: np.moveaxis(a, 1, 0).reshape(Co, N * Pn))
-    bound = order_free_sum_bound(fmt, sum_up(flat(_abs_up(D)), axis=1), N * Pn,
+    bound = order_free_sum_bound(fmt, sum_up(flat(abs_up(D)), axis=1), N * Pn,
                                  sum_up(flat(eD), axis=1))
     return np.where(_finite(out), bound, np.inf)
 

@@ -52,7 +52,7 @@ import numba
 import numpy as np
 
 from ..bounds.rounding import _saturates
-from ..bounds.upward import add_up, mul_up, sum_up
+from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
 from ..formats.fast import _ABS, _bits, _from_bits, op_scalar
 from . import checks
@@ -60,7 +60,7 @@ from .accumulate import check_order, order_free_bound, rounded_add
 from .elementwise import mul_error
 from .interval import Interval, exact_array
 from .primitive import Primitive, register
-from .reduce import (_abs_up, _check_bool, _zeros_like_runtime, gamma, order_free_sum_bound,
+from .reduce import (_check_bool, _zeros_like_runtime, gamma, order_free_sum_bound,
                      overflow_guard, stream_reduce)
 
 
@@ -315,7 +315,7 @@ def _mm3_order_free(fmt: Format, A, EA, B, EB, bias=None) -> np.ndarray:
     last, as the addend of an FMA, as the initial value of a BLAS ``C``)."""
     nb, m, n = A.shape
     k = B.shape[-1]
-    absA, absB = _abs_up(A), _abs_up(B)
+    absA, absB = abs_up(A), abs_up(B)
     S = np.zeros((nb, m, k))
     P = np.zeros((nb, m, k))
     for j in range(n):
@@ -324,7 +324,7 @@ def _mm3_order_free(fmt: Format, A, EA, B, EB, bias=None) -> np.ndarray:
         S = add_up(S, mul_up(a, b))
         P = add_up(P, mul_up(a, eb), mul_up(b, ea), mul_up(ea, eb))
     if bias is not None:
-        S = add_up(S, _abs_up(bias[0]))
+        S = add_up(S, abs_up(bias[0]))
         P = add_up(P, bias[1])
         n += 1
     return order_free_dot_bound(fmt, S, n, P)
@@ -824,7 +824,7 @@ def _linear_vjp(fmt: Format, xs, eps, g, eg, order: str, order_free: bool, need_
         grads.append(np.asarray(db).reshape(nout))
         if need_bound:
             if order_free:
-                edb = order_free_sum_bound(fmt, sum_up(_abs_up(G2), axis=0), R,
+                edb = order_free_sum_bound(fmt, sum_up(abs_up(G2), axis=0), R,
                                            sum_up(EG[0], axis=0))
                 edb = np.where(_finite(db), edb, np.inf)
             bounds.append(np.asarray(edb, dtype=np.float64).reshape(nout))

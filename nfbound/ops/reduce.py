@@ -46,7 +46,7 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
-from ..bounds.upward import add_up, div_up, exact_array_up, mul_up, sum_up
+from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, mul_up, sum_up
 from ..formats import Format, fast
 from . import checks
 from .accumulate import check_order, gamma_up, order_free_bound, rounded_add
@@ -192,14 +192,6 @@ def order_free_sum_bound(fmt: Format, abs_sum, n: int, eps_sum) -> np.ndarray:
 # =============================================================================================
 # Shared helpers
 # =============================================================================================
-def _abs_up(x) -> np.ndarray:
-    """``|x|`` of runtime values as float64, rounded upward (exact for float64 values)."""
-    a = np.asarray(x)
-    if a.dtype == object:
-        return exact_array_up(np.vectorize(abs, otypes=[object])(a))
-    return np.abs(a.astype(np.float64, copy=False))
-
-
 def _lo_hi(x) -> tuple[np.ndarray, np.ndarray]:
     """float64 ``(lo, hi)`` with ``lo ≤ x ≤ hi`` (both ``x`` for float64 runtime values)."""
     a = np.asarray(x)
@@ -350,7 +342,7 @@ def sum_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
     s, e = stream_reduce(fmt, n, term, order, need_bound=not order_free,
                          zero=_zeros_like_runtime(x, t.shape[:-1]))
     if order_free:
-        e = order_free_sum_bound(fmt, sum_up(_abs_up(t), axis=-1), n, sum_up(et, axis=-1))
+        e = order_free_sum_bound(fmt, sum_up(abs_up(t), axis=-1), n, sum_up(et, axis=-1))
         e = np.where(_finite_runtime(s), e, np.inf)
     return _finish(s, x.shape, ax, keepdims), _finish(e, x.shape, ax, keepdims)
 
@@ -681,7 +673,7 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     np.put_along_axis(at_k, k[..., None], True, axis=-1)
     cand |= at_k
     sure = (cand.sum(axis=-1) == 1)[..., None]
-    ga = _to_last(_expand(_abs_up(g), x.shape, ax, keepdims), ax)
+    ga = _to_last(_expand(abs_up(g), x.shape, ax, keepdims), ax)
     eg = _to_last(_expand(checks.eps_like("eps_g", eps_g, g).astype(np.float64), x.shape, ax,
                           keepdims, "eps_g"), ax)
     b = np.where(at_k, np.where(sure, eg, np.maximum(ga, eg)),
