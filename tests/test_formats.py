@@ -622,6 +622,10 @@ def test_exact_inputs_are_rounded_once():
     assert bf.round(np.array([n, -n], dtype=np.int64)).tolist() == [2.0 ** 60 * want, -(2.0 ** 60) * want]
     assert bf.round(np.array([n], dtype=np.uint64)).tolist() == [2.0 ** 60 * want]
     assert bf.round(2 ** 100 + 2 ** 92 + 1) == 2.0 ** 100 * want    # beyond int64
+    # a list mixing big integers and floats: NumPy would make float64 of it (rounding n first)
+    assert bf.round([n, 0.5]).tolist() == [2.0 ** 60 * want, 0.5]
+    assert bf.round([np.int64(n), 0.5]).tolist() == [2.0 ** 60 * want, 0.5]
+    assert bf.add([n, 1.0], [0.0, 0.5]).tolist() == [2.0 ** 60 * want, 1.5]
     assert bf.round(["1.00390625000000000001"]).tolist() == [want]     # 1 + 2^-8 + 10^-20
     if np.finfo(np.longdouble).nmant >= 60:
         assert bf.round(np.array([np.longdouble(1) + np.longdouble(2) ** -8 + np.longdouble(2) ** -60])
