@@ -1,0 +1,175 @@
+"""Every primitive in an :class:`~nfbound.arith.Arithmetic`: compute in the working format,
+round to storage.
+
+An op ``f`` in an arithmetic ``A`` with storage ``S`` and working format ``W`` (the
+accumulator for contractions, the compute format otherwise; :meth:`Arithmetic.working_format`)
+is evaluated as
+
+    ŷ = RN_S(z),     z = f evaluated in W: every step rounded to W, reductions in A's order,
+
+on runtime inputs that are values of ``S`` — hence of ``W`` (``S ⊆ W``, checked when the
+arithmetic is built). For contractions with an ``operands`` format ``T`` (TF32), the operands
+are first rounded to ``T``: ``x' = RN_T(x̂)``, an input error ``|x' − x̂|`` (exact, rounded up)
+added to ``ε_x``; the bias is not an operand of a product and is not converted.
+
+Bounds. The op's own rules in ``W`` give ``|z − f(x)| ≤ e_W`` for the spec inputs ``x`` within
+``ε`` of the runtime ones (the rule's theorem, with ``W``'s subnormal mode). Then:
+
+* stated order (or an op without an order):
+  ``|ŷ − f(x)| ≤ |RN_S(z) − z| + |z − f(x)| ≤ r_S(ŷ) + e_W`` with ``r_S`` the rounding term of
+  ``S`` (:func:`~nfbound.bounds.rounding.rounding_term`, computed from ``ŷ`` alone);
+* ``order=any`` (the op's ``order_free`` bound in ``W``, which holds for every evaluation tree,
+  blocking and FMA use): a library's accumulator value ``z'`` satisfies ``|z' − f(x)| ≤ e_W``
+  as the emulated ``z`` does, so ``|z'| ≤ |z| + 2e_W =: M`` and its conversion errs by at most
+  ``u_S·M + τ_S`` (``RN(s) = s(1 + δ) + θ``: ``|δ| ≤ u_S``, ``|θ| ≤ τ_S``, the storage
+  format's underflow term; Flocq ``relative_error_N_FLT`` and its directed analogue), unless
+  ``M`` reaches the largest finite of ``S`` (then ``inf``: the conversion may overflow). The
+  bound is ``e_W + u_S·M + τ_S``, independent of which evaluation the library chose.
+
+When every value of ``W`` is a value of ``S`` (the same format with another subnormal mode,
+``torch-cpu-float32``), ``RN_S(z) = z`` and no conversion term is charged.
+
+Flushing: ``W``'s subnormal mode is applied by the primitive's rules in ``W`` (DAZ: subnormal
+operands read as 0 with the difference added to their ``ε``). A library that does *not* flush
+is covered by the same bound under ``order=any``: reading ``x̂`` as ``x̂' = 0`` with
+``ε' = ε + |x̂|`` increases the propagated part ``Σ |x̂'|ε'_y + |ŷ'|ε'_x + ε'_xε'_y`` of a
+contraction's bound by ``Σ |x̂'|d_y + |ŷ'|d_x + d_xd_y`` (``d`` the flushed magnitudes), which
+is at least what the unflushed magnitudes add to ``γ·Σ|x̂ŷ|`` (``γ ≤ 1``, else the bound is
+``inf``), and the flushing underflow terms (``β^emin_normal`` per rounding) dominate the
+gradual ones (``η``, or 0 for additions).
+"""
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+
+import numpy as np
+
+from ..arith import Arithmetic, contains
+from ..bounds.rounding import rounding_term
+from ..bounds.upward import abs_up, add_up, mul_up
+from ..formats import Format
+from .reduce import overflow_guard
+
+
+@lru_cache(maxsize=None)
+def _parameters(rule) -> frozenset:
+    return frozenset(inspect.signature(rule).parameters)
+
+
+def _order_params(A: Arithmetic, rule, params: dict, name: str) -> tuple[dict, bool]:
+    """The rule's keyword parameters under ``A``: its ``order`` (and ``order_free`` for
+    ``any``). Returns ``(params, any_order)``; refuses an ``order`` that contradicts ``A``'s and
+    ``order=any`` on an op that has no order-free bound."""
+    takes = _parameters(rule)
+    params = dict(params)
+    if "order" not in takes:
+        return params, False
+    given = params.pop("order", None)
+    if given is not None and str(given) != str(A.order.stated) and str(given) != str(A.order):
+        raise ValueError(f"order={given!r} contradicts the arithmetic's order {A.order} "
+                         f"({A}); state the order in the arithmetic only")
+    params["order"] = str(A.order.stated)
+    if params.pop("order_free", False) and not A.order.is_any:
+        raise ValueError(f"order_free=True contradicts the arithmetic's stated order "
+                         f"{A.order} ({A}); use an arithmetic with order=any")
+    if A.order.is_any:
+        if "order_free" not in takes:
+            raise ValueError(f"op {name!r} has no order-free bound yet: arithmetic {A} "
+                             f"(order=any) cannot bound it; use a stated order, e.g. "
+                             f"'{A}:order=sequential'")
+        params["order_free"] = True
+    return params, A.order.is_any
+
+
+def _operands(A: Arithmetic, contraction: bool, operand_slots: tuple[int, ...], xs, eps):
+    """Contraction operands rounded to ``A.operands`` (TF32), their errors grown by the
+    exact conversion error (rounded up). ``eps=None``: runtime only."""
+    if A.operands is None or not contraction:
+        return xs, eps
+    xs, eps = list(xs), None if eps is None else list(eps)
+    for i in operand_slots:
+        if i >= len(xs) or xs[i] is None:
+            continue
+        converted = A.operands.round(xs[i])
+        if eps is not None:
+            eps[i] = add_up(eps[i], _distance_up(converted, xs[i]))
+        xs[i] = converted
+    return tuple(xs), None if eps is None else tuple(eps)
+
+
+def _distance_up(a, b) -> np.ndarray:
+    """``|a − b|`` rounded up, for two arrays of exact values (float64 or rationals)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != object and b.dtype != object:
+        d = np.abs(a - b)   # both binary64 values within a factor 2: Sterbenz-exact or tiny
+        return np.where(d == 0, 0.0, np.nextafter(d, np.inf))
+    from ..bounds.upward import exact_array_up
+    return exact_array_up(np.vectorize(lambda s, t: abs(s - t), otypes=[object])(
+        np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
+
+
+def to_storage(A: Arithmetic, W: Format, z):
+    """``RN_S(z)`` for a runtime value ``z`` of ``W`` (``None`` stays ``None``)."""
+    if z is None or contains(A.storage, W):
+        return z
+    return A.storage.round(z)
+
+
+def conversion_bound(A: Arithmetic, W: Format, z, y, e, any_order: bool) -> np.ndarray:
+    """Bound of ``|ŷ − f(x)|`` from ``e ≥ |z − f(x)|`` (see the module doc)."""
+    if z is None:
+        return None
+    e = np.asarray(e, dtype=np.float64)
+    if contains(A.storage, W):
+        return e
+    S = A.storage
+    if not any_order:
+        return add_up(e, rounding_term(S, y))
+    M = add_up(abs_up(z), mul_up(2.0, e))
+    rel = mul_up(S.u, M) if S.precision is not None else np.zeros_like(M)
+    return overflow_guard(S, add_up(M, rel, S.underflow_term), add_up(e, rel, S.underflow_term))
+
+
+def runtime(P, A: Arithmetic, xs, params):
+    """``RN_S(f_W(xs))`` — :attr:`Primitive.runtime` in an arithmetic."""
+    W = A.working_format(P.contraction)
+    params, _ = _order_params(A, P.rules.runtime, params, P.name)
+    xs, _ = _operands(A, P.contraction, P.operand_slots, xs, None)
+    return to_storage(A, W, P.rules.runtime(W, *xs, **params))
+
+
+def runtime_and_bound(P, A: Arithmetic, xs, eps, params):
+    """``(ŷ, bound)`` of the forward rule in ``A`` (the working format's fused rule if any)."""
+    W = A.working_format(P.contraction)
+    params, any_order = _order_params(A, P.rules.runtime, params, P.name)
+    xs, eps = _operands(A, P.contraction, P.operand_slots, xs, eps)
+    if P.rules.fused is not None:
+        z, e = P.rules.fused(W, xs, eps, **params)
+    else:
+        z, e = P.rules.runtime(W, *xs, **params), P.rules.bound(W, xs, eps, **params)
+    y = to_storage(A, W, z)
+    return y, conversion_bound(A, W, z, y, e, any_order)
+
+
+def vjp_runtime(P, A: Arithmetic, xs, g, params):
+    W = A.working_format(P.contraction)
+    params, _ = _order_params(A, P.rules.vjp_runtime, params, P.name)
+    xs, _ = _operands(A, P.contraction, P.operand_slots, xs, None)
+    g = _operands(A, P.contraction, (0,), (g,), None)[0][0]
+    return tuple(to_storage(A, W, gr) for gr in P.rules.vjp_runtime(W, xs, g, **params))
+
+
+def vjp_runtime_and_bound(P, A: Arithmetic, xs, eps, g, eps_g, params):
+    W = A.working_format(P.contraction)
+    params, any_order = _order_params(A, P.rules.vjp_runtime, params, P.name)
+    xs, eps = _operands(A, P.contraction, P.operand_slots, xs, eps)
+    (g,), (eps_g,) = _operands(A, P.contraction, (0,), (g,), (eps_g,))
+    if P.rules.vjp_fused is not None:
+        grads, bounds = P.rules.vjp_fused(W, xs, eps, g, eps_g, **params)
+    else:
+        grads = P.rules.vjp_runtime(W, xs, g, **params)
+        bounds = P.rules.vjp_bound(W, xs, eps, g, eps_g, **params)
+    ys = tuple(to_storage(A, W, gr) for gr in grads)
+    return ys, tuple(conversion_bound(A, W, gr, y, b, any_order)
+                     for gr, y, b in zip(grads, ys, bounds))

@@ -1,0 +1,181 @@
+"""Real library outputs against nfbound's arithmetic presets (exact rational checks).
+
+PyTorch CPU ``matmul``, ``F.linear``, ``F.conv1d/2d/3d`` and ``F.conv_transpose2d`` in
+float32, bfloat16 and float16 — with oneDNN on (PyTorch's default here: this machine has
+AVX512-BF16 and AMX; oneDNN takes bf16 matmuls with ``m·n·k > 16³``) and off — and NumPy's
+float32 ``matmul`` (OpenBLAS) are run on storage values, and their outputs must lie within the
+bound of the matching preset (``torch-cpu-*``; NumPy: binary32 with gradual underflow, any
+order) around the exact spec, checked in rationals. Data: normal, tiny (bf16 entries ``2^−64``
+whose products ``2^−128`` are binary32 subnormals: oneDNN flushes them), storage subnormals,
+cancellation-heavy (rows of ``t, −t`` pairs), and wide-range (exponents spread over ±20).
+The default run checks small instances; ``slow`` checks more and larger ones.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import nfbound.ops as ops
+from nfbound import arith
+from nfbound.ops.interval import Interval
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+DTYPES = {"bfloat16": (torch.bfloat16, "torch-cpu-bfloat16"),
+          "float16": (torch.float16, "torch-cpu-float16"),
+          "float32": (torch.float32, "torch-cpu-float32")}
+DATA = ("normal", "tiny", "subnormal", "cancellation", "wide")
+
+
+def _data(rng, shape, kind: str, A: arith.Arithmetic) -> np.ndarray:
+    """Storage values of ``A`` of the given kind (float64 array)."""
+    S = A.storage
+    x = rng.standard_normal(shape)
+    if kind == "tiny":
+        x = x * 2.0 ** -64 if S.precision <= 8 else x * 2.0 ** -(-S.emin - S.precision - 4)
+    elif kind == "subnormal":
+        x = rng.integers(-2 ** (S.precision - 1), 2 ** (S.precision - 1), size=shape) * \
+            float(S.smallest_subnormal)
+    elif kind == "cancellation":
+        flat = x.reshape(-1, shape[-1])
+        half = shape[-1] // 2
+        flat[:, half:2 * half] = -flat[:, :half] * (1 + rng.integers(0, 2, size=(flat.shape[0], half)) * 2.0 ** -6)
+        x = flat.reshape(shape)
+    elif kind == "wide":
+        x = x * 2.0 ** rng.integers(-20, 21, size=shape)
+    return np.asarray(S.round(x), dtype=np.float64)
+
+
+def _torch(x: np.ndarray, dtype) -> "torch.Tensor":
+    t = torch.tensor(x, dtype=torch.float64).to(dtype)
+    assert np.array_equal(t.to(torch.float64).numpy(), x), "storage values must convert exactly"
+    return t
+
+
+def _check(op: str, preset: str, xs, params: dict, observed: np.ndarray) -> None:
+    """``observed`` (a library output) lies within the preset's bound around the exact spec."""
+    A = arith.get(preset)
+    P = ops.get(op)
+    eps = tuple(np.zeros(np.shape(x)) for x in xs)
+    _, bound = P.runtime_and_bound(A, xs, eps, **params)
+    spec = P.spec(*(Interval.exact(x) for x in xs), **params)
+    ok = spec.encloses(observed, bound)
+    assert ok.all(), (f"{op} {preset}: library output escapes the bound at "
+                      f"{np.flatnonzero(~ok.reshape(-1))[:3]}: distance "
+                      f"{spec.distance(observed)[~ok][:3]} > bound {np.asarray(bound)[~ok][:3]}")
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def _run_matmul(dtype_name, kind, mkldnn, m, n, k, seed=0):
+    dtype, preset = DTYPES[dtype_name]
+    rng = np.random.default_rng(_seed("matmul", dtype_name, kind, mkldnn, m, n, k, seed))
+    A = arith.get(preset)
+    X, Y = _data(rng, (m, n), kind, A), _data(rng, (k, n), kind, A).T.copy()
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        out = torch.matmul(_torch(X, dtype), _torch(Y, dtype)).to(torch.float64).numpy()
+    _check("matmul", preset, (X, Y), {}, out)
+
+
+def _run_linear(dtype_name, kind, mkldnn, batch, n_in, n_out, seed=0):
+    dtype, preset = DTYPES[dtype_name]
+    rng = np.random.default_rng(_seed("linear", dtype_name, kind, mkldnn, batch, n_in, n_out, seed))
+    A = arith.get(preset)
+    x, W = _data(rng, (batch, n_in), kind, A), _data(rng, (n_out, n_in), kind, A)
+    b = _data(rng, (n_out,), "normal", A)
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        out = F.linear(_torch(x, dtype), _torch(W, dtype), _torch(b, dtype)).to(torch.float64).numpy()
+    _check("linear", preset, (x, W, b), {}, out)
+
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _run_conv(dtype_name, kind, mkldnn, d, transpose=False, c_in=4, c_out=6, size=6, ksz=3,
+              stride=1, padding=1, seed=0):
+    dtype, preset = DTYPES[dtype_name]
+    rng = np.random.default_rng(_seed("conv", dtype_name, kind, mkldnn, d, transpose, c_in, size, seed))
+    A = arith.get(preset)
+    x = _data(rng, (2, c_in) + (size,) * d, kind, A)
+    wshape = ((c_in, c_out) if transpose else (c_out, c_in)) + (ksz,) * d
+    w = _data(rng, wshape, kind, A)
+    b = _data(rng, (c_out,), "normal", A)
+    f = F.conv_transpose2d if transpose else CONV[d]
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        out = f(_torch(x, dtype), _torch(w, dtype), _torch(b, dtype), stride=stride,
+                padding=padding).to(torch.float64).numpy()
+    _check("conv_transpose" if transpose else "conv", preset, (x, w, b),
+           {"stride": stride, "padding": padding}, out)
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", DATA)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_torch_matmul_within_preset_bound(dtype_name, kind, mkldnn):
+    _run_matmul(dtype_name, kind, mkldnn, 16, 32, 16)      # m·n·k = 8192 > 16³: oneDNN's path
+    _run_matmul(dtype_name, kind, mkldnn, 3, 7, 5)         # below the threshold
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", DATA)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_torch_linear_within_preset_bound(dtype_name, kind, mkldnn):
+    _run_linear(dtype_name, kind, mkldnn, 8, 40, 24)
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "tiny", "subnormal"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_torch_conv_within_preset_bound(d, dtype_name, kind, mkldnn):
+    _run_conv(dtype_name, kind, mkldnn, d, size=5 if d == 3 else 7)
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "tiny"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_torch_conv_transpose2d_within_preset_bound(dtype_name, kind, mkldnn):
+    _run_conv(dtype_name, kind, mkldnn, 2, transpose=True, stride=2, padding=1)
+
+
+def test_audit_17x17_bf16_matmul_of_tiny_entries():
+    """oneDNN returns 0 for a 17×17 bf16 matmul of entries ``2^−64`` (exact: ``17·2^−128``):
+    binary32 subnormal products are flushed. The preset's bound covers it."""
+    X = np.full((17, 17), 2.0 ** -64)
+    with torch.backends.mkldnn.flags(enabled=True):
+        out = torch.matmul(_torch(X, torch.bfloat16), _torch(X, torch.bfloat16))
+    out = out.to(torch.float64).numpy()
+    _check("matmul", "torch-cpu-bfloat16", (X, X), {}, out)
+
+
+@pytest.mark.parametrize("kind", DATA)
+def test_numpy_float32_matmul_within_gradual_any_order_bound(kind):
+    A = arith.get("store=binary32,order=any")
+    rng = np.random.default_rng(_seed("numpy", kind))
+    X, Y = _data(rng, (24, 48), kind, A), _data(rng, (48, 20), kind, A)
+    out = np.matmul(X.astype(np.float32), Y.astype(np.float32)).astype(np.float64)
+    _check("matmul", A, (X, Y), {}, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", DATA)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_torch_matmul_within_preset_bound_sweep(dtype_name, kind, mkldnn):
+    for seed, (m, n, k) in enumerate([(64, 96, 48), (33, 257, 17), (1, 300, 1), (40, 40, 40)]):
+        _run_matmul(dtype_name, kind, mkldnn, m, n, k, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", DATA)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_torch_conv2d_within_preset_bound_sweep(dtype_name, kind, mkldnn):
+    for seed in range(2):
+        _run_conv(dtype_name, kind, mkldnn, 2, c_in=16, c_out=16, size=12, seed=seed)
+        _run_conv(dtype_name, kind, mkldnn, 2, c_in=8, c_out=8, size=10, stride=2, seed=seed)
