@@ -74,7 +74,7 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
     through ``rels``."""
     fmt = formats.get(fmt_name)
     P = ops.get(op_name)
-    rng = np.random.default_rng(_seed(op_name, fmt_name))
+    rng = np.random.default_rng(_seed(op_name, str(fmt_name)))
     for trial in range(trials):
         xs, params = P.sample(rng, fmt)
         rel = 0.0 if trial == 0 else rels[(trial - 1) % len(rels)]
