@@ -10,7 +10,10 @@ operands become trainable parameters (ONNX marks none as frozen; PyTorch's expor
 model's parameters as initializers), ``Constant`` tensors become constants (never trained);
 both are held as float64. Weights of ``Conv``, ``ConvTranspose`` and ``Gemm`` must be
 initializers or constants; a missing bias (``Conv``/``ConvTranspose`` without ``B``, ``Gemm``
-without ``C``) stays absent. Anything else — an
+without ``C``) stays absent. An ``Identity`` of an initializer is that initializer (PyTorch's
+exporter ties a weight shared by two layers so): one parameter. Stated limit: an initializer
+used both as a weight that ``linear`` takes transposed (``MatMul``, ``Gemm`` with
+``transB = 0``) and as it is elsewhere becomes two parameters, which training unties. Anything else — an
 unsupported op, a custom domain, attributes the op does not take (ONNX ``Softplus`` has none:
 it is the exact ``log(1 + e^x)``), a malformed node — raises ``ValueError`` naming the node and
 its op type.

@@ -45,8 +45,9 @@ class Program:
     """Parameters and constants (ordered) and steps (topological order) of an imported model.
 
     ``params`` are trained by :func:`nfbound.graph.train`, ``consts`` never are (see the module
-    docstring). ``input_shape``: the input's shape as the model declares it (batch dimension first; a
-    symbolic batch dimension taken as 1), ``None`` when unknown (PyTorch modules declare none).
+    docstring). ``input_shape``: the input's shape as the model declares it (batch dimension
+    first; a symbolic batch dimension taken as 1), ``None`` when unknown (PyTorch modules
+    declare none).
     """
 
     params: dict[str, np.ndarray] = field(default_factory=dict)
