@@ -13,7 +13,7 @@ topological order of the consumers, then input position), the spec adds them exa
 bound is :func:`~nfbound.bounds.ctx.ctx_add_bound` ``ε_a + ε_b + r`` (TorchLean
 ``approxCtx_add``). A single contribution is taken as is — no ``+ 0`` is performed, so no
 rounding is charged (TorchLean ``set3IdxNe``). A node no contribution reaches has gradient
-exactly 0 on every path.
+exactly 0 on every path. Gradients have their value's shape, 0-d ones included.
 
 Soundness (TorchLean ``backprop_approx``): by induction over the reverse order, every
 contribution satisfies ``|ĝ_i − g_i| ≤ ε_i`` (the VJP bound rules are sound given sound forward
@@ -102,10 +102,10 @@ def backward(graph: Graph, fmt: Format, result: ForwardResult, loss: str | None 
                                  f"shape {np.shape(c.runtime)}, input {np.shape(result.runtime[i])}")
             grads[i] = c if i not in grads else _accumulate(fmt, grads[i], c, spec, bounds)
     for n in topo:
-        if n not in grads and graph.nodes[n].kind in ("data", "param"):
+        if n not in grads and graph.nodes[n].kind in ("data", "param", "const"):
             grads[n] = zero_gradient(fmt, np.shape(result.runtime[n]), spec, bounds)
     keep = [n for n in topo if n in grads]
-    return BackwardResult(graph, fmt, loss, {n: grads[n].runtime for n in keep},
+    return BackwardResult(graph, fmt, loss, {n: np.asarray(grads[n].runtime) for n in keep},
                           {n: grads[n].spec for n in keep} if spec else None,
                           {n: np.asarray(grads[n].eps, dtype=np.float64) for n in keep}
                           if bounds else None)
@@ -142,7 +142,7 @@ def _vjp(fmt: Format, node, result: ForwardResult, g: Value, spec: bool, bounds:
 
 @dataclass
 class BackwardResult:
-    """Gradients of ``loss`` w.r.t. every node reached (and every data input and parameter)."""
+    """Gradients of ``loss`` w.r.t. every node reached (and every leaf but labels)."""
 
     graph: Graph
     fmt: Format
