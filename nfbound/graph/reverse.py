@@ -18,7 +18,8 @@ exactly 0 on every path. Gradients have their value's shape, 0-d ones included.
 Soundness (TorchLean ``backprop_approx``): by induction over the reverse order, every
 contribution satisfies ``|ĝ_i − g_i| ≤ ε_i`` (the VJP bound rules are sound given sound forward
 bounds of the inputs and a sound upstream bound), and the context addition preserves it.
-The seed gradient of the loss is exactly 1 on every path.
+The seed gradient of the loss is 1: its runtime ``RN(1)`` with the error ``|RN(1) − 1|`` (0 but in
+formats without 1, e.g. fixed point with a quantum above 1), taken as a leaf.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..bounds.ctx import ctx_add_bound
 from ..formats import Format
 from ..ops.interval import Interval
 from ..ops import checks
-from .forward import (ForwardResult, Graph, Value, _disable, op_params, primitive,
+from .forward import (ForwardResult, Graph, Value, _disable, leaf_value, op_params, primitive,
                       refuse_overflowed)
 
 
@@ -79,9 +80,7 @@ def backward(graph: Graph, fmt: Format, result: ForwardResult, loss: str | None 
     if graph.nodes[loss].kind == "label":
         raise ValueError(f"loss: node {loss!r} is a label (not differentiable)")
 
-    grads: dict[str, Value] = {
-        loss: Value(fmt.round(np.ones(shape)), Interval.exact(np.ones(shape)) if spec else None,
-                    np.zeros(shape) if bounds else None)}
+    grads: dict[str, Value] = {loss: leaf_value(fmt, np.ones(shape), spec, bounds)}
     topo = graph.topological_order()
     reverse = topo[::-1]
     for n in tqdm(reverse, desc=f"backward {fmt}", disable=_disable(progress), leave=False):
