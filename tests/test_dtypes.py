@@ -182,27 +182,38 @@ def test_every_dtype_is_read_exactly_or_refused_sweep(t, fmt_name):
 
 
 def _off_grid_values(fmt, t) -> list[np.ndarray]:
-    """One-element arrays of type ``t`` holding values off ``fmt``'s grid (or beyond range)."""
+    """One-element arrays of type ``t`` holding values off ``fmt``'s grid or beyond its range
+    (the reference engine decides)."""
+    if t is np.object_:
+        return [np.array([Fraction(1, 3)], dtype=object)]
     cands = [2 ** 53 + 1, 2 ** 61 + 1, 2 ** 64 - 1, -2 ** 63 + 1, 10 ** 7 + 1, 127, 255, 32767,
              1 + 2 ** -10, 1 + 2 ** -23, 1 + 2 ** -7, 1 + 2 ** -3, 0.1]
+    if LONGDOUBLE_IS_WIDER:
+        cands.append(np.longdouble(1) + np.longdouble(2) ** -60)
     out = []
     for c in cands:
-        if t is np.object_:
-            continue
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             try:
-                a = np.array([c]).astype(t) if isinstance(c, float) else \
-                    np.array([c], dtype=object).astype(t)
+                a = np.array([c], dtype=object).astype(t)
             except (OverflowError, TypeError, ValueError):
                 continue
-        if to_exact(a.reshape(-1)[0] if a.dtype.kind in "iufb" else float(a[0])) != to_exact(c):
-            continue
-        if not _on_grid(fmt, c) or abs(mpq(to_exact(c))) > fmt.max_finite:
+        q = to_exact(c)
+        if to_exact(a[0]) == q and not (_on_grid(fmt, c) and abs(q) <= fmt.max_finite):
             out.append(a)
-    if t is np.longdouble and LONGDOUBLE_IS_WIDER:
-        out.append(np.array([np.longdouble(1) + np.longdouble(2) ** -60]))
     return out
+
+
+@pytest.mark.parametrize("fmt_name", PRESETS)
+def test_wide_types_have_off_grid_values(fmt_name):
+    """The refusals above are exercised: int64, uint64, longdouble and objects hold values
+    off every preset's grid (float32 off bfloat16's, float16 off fp8's)."""
+    fmt = formats.get(fmt_name)
+    wide = [np.int64, np.uint64, np.object_] + ([np.longdouble] if LONGDOUBLE_IS_WIDER else [])
+    for t in wide:
+        assert _off_grid_values(fmt, t), f"{_name(t)} in {fmt_name}"
+    assert _off_grid_values(formats.get("bfloat16"), np.float32)
+    assert _off_grid_values(formats.get("float8_e4m3fn"), np.float16)
 
 
 @pytest.mark.parametrize("fmt_name", ["binary32", "decimal32"])
