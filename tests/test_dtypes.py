@@ -477,6 +477,50 @@ def check_every_dtype_on_every_rule(op_name: str, fmt_name: str, types) -> None:
                     assert _named(r, name), f"{where}, off the grid: {label} gave {r!r}"
 
 
+def _bound_rules(P, fmt, params, xs, g):
+    """The rules that take error bounds, as functions of ``(eps, eps_g)``."""
+    rules = [("bound", lambda e, eg: P.bound(fmt, xs, e, **params)),
+             ("vjp_bound", lambda e, eg: P.vjp_bound(fmt, xs, e, g, eg, **params))]
+    if P.fused is not None:
+        rules.append(("fused", lambda e, eg: P.fused(fmt, xs, e, **params)))
+    if P.vjp_fused is not None:
+        rules.append(("vjp_fused", lambda e, eg: P.vjp_fused(fmt, xs, e, g, eg, **params)))
+    return rules
+
+
+def check_eps_on_every_bound(op_name: str, fmt_name: str) -> None:
+    """Each input bound (and ``eps_g``) given as exact rationals that are not binary64 values
+    gives the bounds of those values rounded **up** to float64, bit for bit; a complex bound is
+    refused (by the forward rules for an input's, the VJP rules for ``eps_g``)."""
+    fmt = formats.get(fmt_name)
+    P = ops.get(op_name)
+    rng = np.random.default_rng(_seed(op_name, fmt_name, "eps"))
+    xs, params = P.sample(rng, fmt)
+    labels = [x is not None and _is_label(x) for x in xs]
+    out = P.runtime(fmt, *xs, **params)
+    g = fmt.round(rng.standard_normal(np.shape(out)))
+    zero = tuple(None if x is None else np.zeros(np.shape(x)) for x in xs)
+    third = Fraction(1, 3 * 2 ** 20)                 # ≠ its nearest binary64, which is below
+    up = exact_up(mpq(third))
+    slots = [k for k, x in enumerate(xs) if x is not None and not labels[k]] + [None]
+    for k in slots:
+        shape = np.shape(out) if k is None else np.shape(xs[k])
+        exact, rounded, bad = (np.full(shape, v, dtype=dt)
+                               for v, dt in ((third, object), (up, np.float64), (1j, complex)))
+
+        def with_eps(e):
+            return (zero, e) if k is None else (zero[:k] + (e,) + zero[k + 1:], np.zeros(np.shape(out)))
+
+        for label, rule in _bound_rules(P, fmt, params, xs, g):
+            if k is None and not label.startswith("vjp"):
+                continue
+            where = f"{op_name}.{label} in {fmt_name}, bound of input {k}"
+            assert _same(rule(*with_eps(exact)), rule(*with_eps(rounded))), where
+            if (k is None) == label.startswith("vjp"):   # (a VJP bound may not read eps_x)
+                with pytest.raises(ValueError, match="eps"):
+                    rule(*with_eps(bad))
+
+
 #: For the default run: one type read through float64, one through the exact engine, two
 #: refused (every rule must pass each input through the check); the slow sweep takes all.
 TYPES_FAST = [np.uint64, np.longdouble, np.complex128, np.str_]
@@ -486,6 +530,18 @@ TYPES_FAST = [np.uint64, np.longdouble, np.complex128, np.str_]
 @pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
 def test_every_rule_reads_every_dtype_exactly_or_refuses_it(op_name, fmt_name):
     check_every_dtype_on_every_rule(op_name, fmt_name, TYPES_FAST)
+
+
+@pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
+def test_every_bound_rounds_exact_eps_up(op_name):
+    check_eps_on_every_bound(op_name, "bfloat16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt_name", PRESETS)
+@pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
+def test_every_bound_rounds_exact_eps_up_sweep(op_name, fmt_name):
+    check_eps_on_every_bound(op_name, fmt_name)
 
 
 @pytest.mark.slow
