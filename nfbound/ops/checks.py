@@ -36,7 +36,7 @@ _MPQ = type(mpq(0))
 def _exact_number(name: str, v) -> Exact:
     """The exact value of one element (``mpq``; ``±inf``/``nan`` as floats), or a
     ``ValueError`` naming the argument when it is not a real number."""
-    if type(v) is _MPQ:
+    if type(v) is _MPQ:          # the runtime values of formats held exactly: no copy
         return v
     if not isinstance(v, (str, bytes, np.str_, np.bytes_)):
         try:
