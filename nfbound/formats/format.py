@@ -5,11 +5,12 @@ are held as float64 arrays; values of any other format as object arrays of exact
 (``gmpy2.mpq``, with ``±inf``/``nan`` as Python floats after overflow).
 
 Inputs are rounded once from their exact value. Arrays (or lists, scalars) whose elements all
-convert to binary64 exactly (float16/32/64, bool, integers of magnitude ≤ 2^53) take the
-compiled engine; anything else — Python ints beyond 2^53, ``fractions.Fraction``,
-``decimal.Decimal``, ``gmpy2.mpq``/``mpfr``, ``np.longdouble``, decimal strings, object arrays —
-takes the exact reference engine (never a conversion to float64 first, which would be a
-second rounding).
+convert to binary64 exactly (float16/32/64, bool, integers of magnitude ≤ 2^53, longdoubles
+that are binary64 values, ml_dtypes' bfloat16/fp8 arrays) take the compiled engine; anything
+else — integers beyond 2^53 (Python, int64, uint64), ``fractions.Fraction``,
+``decimal.Decimal``, ``gmpy2.mpq``/``mpfr``, other ``np.longdouble`` values, decimal strings,
+object arrays — takes the exact reference engine (never a conversion to float64 first, which
+would be a second rounding). Complex, datetime, timedelta and structured dtypes are refused.
 """
 from __future__ import annotations
 
@@ -249,12 +250,7 @@ class Format:
         if out is not None:
             raise ValueError(f"out= needs binary64 input and a format that fits binary64 ({self})")
         res = _map(lambda v: _round_exact_value(v, self), x)
-        if not self.fits_binary64:
-            return res
-        # exact zeros carry no sign: a result rounded to 0 has the sign of its input
-        res = _to_float_array(res)
-        neg = _map(_is_negative, x).astype(bool)
-        return np.where(res == 0, np.where(neg, -0.0, 0.0), res)
+        return signed_float_array(res, x) if self.fits_binary64 else res
 
     def _no_inf(self, out: np.ndarray) -> np.ndarray:
         """Infinite float64 results (infinite inputs, division by zero) in a format without
@@ -454,33 +450,56 @@ def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray
 _INT_EXACT = 2 ** 53
 
 
-def _as_binary64(x) -> np.ndarray | None:
-    """``x`` as a float64 array when every element is exactly a binary64 value of that
-    kind: float16/32/64, bool, or integers of magnitude ≤ 2^53 (converted exactly); ``None``
-    when some element needs the exact engine (object arrays and what NumPy makes object of:
-    ``mpq``, ``Fraction``, ``Decimal``, ``mpfr``, ints beyond int64; larger int64/uint64 values,
-    ``np.longdouble``, strings). Raises ``ValueError`` for complex or non-numeric dtypes."""
+def _as_binary64(x, name: str = "x") -> np.ndarray | None:
+    """``x`` as a float64 array, converted exactly, when every element is a binary64 value;
+    ``None`` when some element needs the exact engine.
+
+    * Converted: the dtypes NumPy casts to float64 *safely* (bool, float16/32/64, int8..int32,
+      uint8..uint32, ml_dtypes' real types such as bfloat16 and the fp8s: widening casts,
+      value-preserving), except int64/uint64, which NumPy calls safe although ``2^53 + 1`` is
+      not a binary64 value: those when every ``|element| ≤ 2^53``; ``np.longdouble`` when
+      every element survives the round trip through float64.
+    * ``None``: object arrays, strings (read by the exact engine), larger int64/uint64 values,
+      longdoubles that are not binary64 values, and lists or scalars holding an integer beyond
+      ``2^53`` (NumPy would promote a list mixing it with floats to float64, a rounding).
+    * ``ValueError`` naming ``name``: complex, datetime64, timedelta64, void/structured
+      dtypes (and ml_dtypes' complex types).
+    """
     if isinstance(x, np.ndarray) and x.dtype == np.float64:
         return x
     if not isinstance(x, np.ndarray) and _has_big_integer(x):
-        return None   # NumPy would make float64 of a list mixing big integers and floats
+        return None
     a = np.asarray(x)
     kind = a.dtype.kind
-    if kind == "b" or (kind == "f" and a.dtype.itemsize <= 8):
+    if kind in "iu" and a.dtype.itemsize > 4:
+        exact = a.size == 0 or (int(a.max()) <= _INT_EXACT and int(a.min()) >= -_INT_EXACT)
+        return a.astype(np.float64) if exact else None
+    if np.can_cast(a.dtype, np.float64):
         return a.astype(np.float64, copy=False)
-    if kind in "iu":
-        if a.size == 0 or (int(a.max()) <= _INT_EXACT and int(a.min()) >= -_INT_EXACT):
-            return a.astype(np.float64)
+    if kind == "f":   # longdouble (float128 on x86): exact iff the round trip is
+        with np.errstate(over="ignore", invalid="ignore"):
+            b = a.astype(np.float64)
+            kept = (b.astype(a.dtype) == a) | np.isnan(a)
+        return b if kept.all() else None
+    if kind in "OUS":
         return None
-    if kind in "OfUS":
-        return None
-    raise ValueError(f"x must hold real numbers, got an array of dtype {a.dtype}")
+    raise ValueError(f"{name} must hold real numbers, got an array of dtype {a.dtype}")
 
 
 def _has_big_integer(x) -> bool:
     """Whether a list or scalar holds an integer beyond ±2^53 (not exactly a binary64)."""
     return any(isinstance(v, numbers.Integral) and abs(int(v)) > _INT_EXACT
                for v in np.asarray(x, dtype=object).reshape(-1))
+
+
+def signed_float_array(exact: np.ndarray, x) -> np.ndarray:
+    """The object array ``exact`` of binary64 values (``mpq``, ±inf/nan floats) as float64,
+    converted exactly; a zero takes the sign of the element of ``x`` it comes from (exact
+    rationals have no −0: ``-0.0``, ``Decimal("-0")``, ``mpfr("-0")`` keep theirs, and so
+    does a nonzero input rounded to 0)."""
+    res = _to_float_array(exact)
+    neg = _map(_is_negative, x).astype(bool)
+    return np.where(res == 0, np.where(neg, -0.0, 0.0), res)
 
 
 def _map(f: Callable, x) -> np.ndarray:

@@ -130,16 +130,17 @@ def _sign(q: mpq) -> int:
 def to_exact(x: object) -> Exact:
     """The exact value of a real number as an ``mpq``; ``±inf``/``nan`` as Python floats.
 
-    Accepts Python and NumPy ints and floats (``np.longdouble`` too), ``gmpy2`` ``mpz``/``mpq``/
-    ``mpfr``, any ``numbers.Rational`` (``fractions.Fraction``), ``decimal.Decimal`` and
-    decimal or ``n/d`` strings (and 0-d arrays of these), each converted without rounding.
-    Raises ``ValueError`` for anything else (e.g. complex numbers).
+    Accepts Python and NumPy ints and floats (``np.longdouble`` and ml_dtypes' bfloat16/fp8
+    scalars too), ``gmpy2`` ``mpz``/``mpq``/``mpfr``, any ``numbers.Rational``
+    (``fractions.Fraction``), ``decimal.Decimal`` and decimal or ``n/d`` strings (and 0-d
+    arrays of these), each converted without rounding.
+    Raises ``ValueError`` for anything else (complex numbers, datetime64, timedelta64, …).
     """
     if isinstance(x, (float, np.floating)):
         # np.isfinite: a finite np.longdouble may lie beyond binary64's range
         return mpq(*x.as_integer_ratio()) if np.isfinite(x) else float(x)
-    if isinstance(x, (int, np.integer, np.bool_)):
-        return mpq(int(x))
+    if isinstance(x, (int, np.integer, np.bool_)) and not isinstance(x, np.timedelta64):
+        return mpq(int(x))   # (NumPy makes timedelta64 an integer type: a duration is no number)
     if isinstance(x, (_MPZ, _MPQ)):
         return mpq(x)
     if isinstance(x, _MPFR):
@@ -158,6 +159,8 @@ def to_exact(x: object) -> Exact:
             return f
     if isinstance(x, np.ndarray) and x.ndim == 0:
         return to_exact(x[()])
+    if isinstance(x, np.generic) and np.can_cast(x.dtype, np.float64):
+        return to_exact(x.astype(np.float64))   # ml_dtypes' reals (bfloat16, fp8): exact widening
     raise ValueError(f"expected a real number, got {x!r} of type {type(x).__name__}")
 
 
