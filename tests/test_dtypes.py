@@ -549,3 +549,20 @@ def test_every_bound_rounds_exact_eps_up_sweep(op_name, fmt_name):
 @pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
 def test_every_rule_reads_every_dtype_exactly_or_refuses_it_sweep(op_name, fmt_name):
     check_every_dtype_on_every_rule(op_name, fmt_name, ALL_TYPES)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.longdouble, object])
+def test_graph_inputs_are_read_at_their_exact_value(dtype):
+    """A graph input is a leaf: ``ε = |RN(a) − a|`` of the value given, never of a float64
+    conversion of it (int64 ``2^53 + 1`` in binary32 has error 1, not 0)."""
+    from nfbound.graph import Graph
+    big = 2 ** 53 + 1 if dtype is not np.longdouble else np.longdouble(1) + np.longdouble(2) ** -60
+    if dtype is np.longdouble and np.finfo(np.longdouble).nmant < 60:
+        pytest.skip("longdouble is not wider than binary64 here")
+    x = np.array([big, 3], dtype=dtype)
+    g = Graph()
+    g.input("x")
+    g.output(g.op("sum", "x", name="s"))
+    res = g.forward(formats.get("binary32"), inputs={"x": x})
+    assert res.holds
+    assert res.value("x").eps[0] > 0

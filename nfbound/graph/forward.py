@@ -106,16 +106,13 @@ def _takes_order(runtime) -> bool:
 def leaf_value(fmt: Format, a, spec: bool = True, bounds: bool = True) -> Value:
     """A data input or parameter: runtime ``RN(a)``, spec ``a`` (exact), ``ε = |RN(a) − a|``.
 
-    For formats fitting binary64 the difference ``RN(a) − a`` of two binary64 numbers is
-    computed in binary64 and pushed one step up (an upper bound of the exact difference);
-    otherwise it is computed exactly in rationals and converted upward. Overflow to ±inf gives
-    ``ε = inf``.
+    ``a`` is read at its exact value whatever its dtype (``checks.finite``: int64 beyond 2^53,
+    longdouble and rationals are never converted to float64 first; other dtypes are refused).
+    When ``a`` and ``RN(a)`` are binary64 values their difference is computed in binary64 and
+    pushed one step up (an upper bound of the exact difference); otherwise it is computed
+    exactly in rationals and converted upward. Overflow to ±inf gives ``ε = inf``.
     """
-    arr = np.asarray(a)
-    if arr.dtype != object:
-        arr = np.asarray(arr, dtype=np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("contains NaN or inf")
+    arr = checks.finite("value", a)
     rt = fmt.round(arr)
     s = Interval.exact(arr) if (spec or (bounds and np.asarray(rt).dtype == object)) else None
     eps = None
@@ -137,11 +134,9 @@ def _exact_distance_up(s: Interval, runtime) -> np.ndarray:
 
 
 def label_value(labels, spec: bool = True, bounds: bool = True) -> Value:
-    """A label input: unchanged, exact, error 0."""
+    """A label input: unchanged, exact (read at its exact value, as :func:`leaf_value`), error 0."""
     a = np.asarray(labels)
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        raise ValueError("contains NaN or inf")
-    s = Interval.exact(np.asarray(a, dtype=np.float64) if a.dtype != object else a) if spec else None
+    s = Interval.exact(checks.finite("labels", a)) if spec else None
     return Value(a, s, np.zeros(a.shape) if bounds else None)
 
 
