@@ -114,6 +114,11 @@ def _read(fmt, x, e):
 
 
 def _read_all(fmt, xs, eps=None):
+    """:func:`_read` over the inputs; malformed ``xs``/``eps`` pass unchanged to the rule,
+    which refuses them by name."""
+    if getattr(fmt, "subnormals", "gradual") == "gradual" or not isinstance(xs, (tuple, list)) \
+            or (eps is not None and (not isinstance(eps, (tuple, list)) or len(eps) != len(xs))):
+        return xs, eps
     pairs = [_read(fmt, x, None if eps is None else eps[i]) for i, x in enumerate(xs)]
     return tuple(x for x, _ in pairs), (None if eps is None else tuple(e for _, e in pairs))
 
