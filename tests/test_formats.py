@@ -920,7 +920,7 @@ def test_ml_dtypes_is_not_an_oracle():
     (lambda: get("flt:p=7,emin=-20,foo=1"), "foo"),
     (lambda: get("flt:p=7,emin=-20,rounding=sideways"), "rounding"),
     (lambda: get("flt:p=7,emin=-20,max=abc"), "max"),
-    (lambda: get("bfloat16:p=9"), "rounding= and overflow="),
+    (lambda: get("bfloat16:p=9"), "rounding=, overflow= and subnormals="),
     (lambda: get("fix:rounding=up"), "emin"),
     # radix: never defaulted when given, never truncated
     (lambda: get("flt:radix=0,p=3,emin=-4"), "radix"),

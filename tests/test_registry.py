@@ -23,7 +23,8 @@ from nfbound.formats.reference import to_exact
 from nfbound.ops.interval import Interval, exact_array
 
 FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2", "binary32", "decimal32",
-           "decimal64", "bfloat16:rounding=zero", "binary16:rounding=up"]
+           "decimal64", "bfloat16:rounding=zero", "binary16:rounding=up",
+           "bfloat16:subnormals=ftz+daz", "binary16:subnormals=ftz", "float8_e5m2:subnormals=daz"]
 
 
 def _seed(*parts: str) -> int:

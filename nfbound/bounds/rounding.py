@@ -15,12 +15,22 @@ binades, where ``ulp(z) = β^emin = ulp(0)`` (``η = β^emin/2``). For a monoton
 (FLX, FLT, FIX: Flocq ``Monotone_exp``) ``β^fexp(j) ≤ ulp(β^j)`` and the term is ``ulp(ẑ)/2``
 (nearest) or ``ulp(ẑ)``; a custom exponent function that is valid but not monotone (e.g.
 ``e − 3`` for odd ``e``, ``e − 5`` for even) also gets the binade below at powers of β;
+* flush modes (``fmt.subnormals`` not ``"gradual"``): a result ``|ẑ| < b_min`` (zero or a
+  subnormal) charges ``fmt.underflow_term = b_min``. FTZ: ``ẑ = 0`` may stand for any exact
+  ``|z| < b_min`` (in every tininess convention), not only ``|z| ≤ η``; DAZ: a subnormal ``ẑ``
+  is read as 0 by the operation that consumes it, and ``b_min`` bounds both ``|ẑ − z|`` and
+  ``|0 − z|`` (see ``Format.underflow_term_exact``). In gradual underflow the same rule reads
+  ``ulp/2 = η`` (or ``ulp``) there, so ``fmt.underflow_term`` is the term below ``b_min`` in
+  every mode;
 * overflow: ``ẑ = ±inf`` or NaN charges ``inf``; so does a saturated ``|ẑ| = max_finite``
   (saturation, or IEEE directed rounding toward the largest finite), since ``z`` may be
   arbitrarily large.
 
 The term is computed from ``ẑ`` alone, so no exact ``z`` is needed; where the caller knows the
-operation was exact (an operand 0, …) it passes ``exact`` and the term is 0.
+operation was exact (an operand 0, …) it passes ``exact`` and the term is 0. (In the flush
+modes ``0 + x̂`` with a subnormal ``x̂`` rounds to 0 although flagged exact: its error ``|x̂|``
+is carried by ``x̂``'s own bound — a subnormal result charged ``b_min`` here, a subnormal input
+charged ``|x̂|`` by ``Primitive``.)
 """
 from __future__ import annotations
 
@@ -53,6 +63,8 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
         h = np.where(finite, h, np.inf).reshape(a.shape)
         if fmt.fexp.kind == "FLX":   # no underflow: only an exact 0 rounds to 0
             h = np.where(np.vectorize(lambda v: v == 0, otypes=[bool])(a), 0.0, h)
+    if fmt.subnormals != "gradual":
+        h = np.where(_below_normal(fmt, a), fmt.underflow_term, h)
     if fmt.max_finite is not None and _saturates(fmt):
         mx = float(fmt.max_finite) if fmt.fits_binary64 else None
         at_max = (np.abs(a) == mx) if mx is not None else np.vectorize(
@@ -73,6 +85,12 @@ def _ulp_below_powers(fmt: Format, a: np.ndarray) -> np.ndarray:
         j = reference.mag(q, fmt.radix) - 1
         return mpq(fmt.radix) ** fmt.fexp(j) if abs(q) == mpq(fmt.radix) ** j else mpq(0)
     return np.vectorize(one, otypes=[object])(a)
+
+
+def _below_normal(fmt: Format, a: np.ndarray) -> np.ndarray:
+    """Where ``|a| < b_min``: zeros and nonzero subnormals (never inf or NaN)."""
+    zero = a == 0 if a.dtype != object else np.vectorize(lambda v: v == 0, otypes=[bool])(a)
+    return zero | fmt.tiny(a)
 
 
 def _from_binary64_ulp(fmt: Format, ulp: np.ndarray) -> np.ndarray:
