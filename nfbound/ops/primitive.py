@@ -52,6 +52,7 @@ from typing import Callable
 import numpy as np
 
 from ..bounds.upward import abs_up, add_up
+from . import checks
 
 REGISTRY: dict[str, "Primitive"] = {}
 
@@ -100,10 +101,8 @@ def _read(fmt, x, e):
     ``x`` holds nonzero subnormal values of a format in a flush mode."""
     if x is None or getattr(fmt, "subnormals", "gradual") == "gradual":
         return x, e
-    a = np.asarray(x)
-    if a.dtype.kind not in "fiubO":
-        return x, e
     try:
+        a = checks.exact_values("x", x)    # every real dtype (ml_dtypes too) at its exact value
         tiny = fmt.tiny(a)
         if not tiny.any() or not np.asarray(fmt.is_representable(a[tiny])).all():
             return x, e
