@@ -101,7 +101,8 @@ def _power(q, radix: int) -> str:
 # -- formats ----------------------------------------------------------------------------------------
 def _format_row(name: str, f) -> dict:
     return {"name": name, "radix": f.radix, "p": f.precision, "emin": f.emin, "rounding": f.rounding,
-            "overflow": f.overflow, "u": _sci(f.unit_roundoff_exact), "eta": _sci(f.eta_exact),
+            "overflow": f.overflow, "subnormals": f.subnormals,
+            "u": _sci(f.unit_roundoff_exact), "eta": _sci(f.eta_exact),
             "smallest_subnormal": _sci(f.smallest_subnormal), "smallest_normal": _sci(f.smallest_normal),
             "max_finite": _sci(f.max_finite, 7)}
 
@@ -113,10 +114,10 @@ def cmd_formats(args) -> int:
         r = _format_row(str(f), f)
         detail = {
             "name": str(f), "spec": f.spec, "radix": f.radix, "p": f.precision, "emin": f.emin,
-            "rounding": f.rounding, "overflow": f.overflow,
+            "rounding": f.rounding, "overflow": f.overflow, "subnormals": f.subnormals,
             "u": None if f.unit_roundoff_exact is None else _power(f.unit_roundoff_exact, f.radix),
             "u_float_up": f.u if f.precision is not None else None, "eta": _power(f.eta_exact, f.radix),
-            "eta_float_up": f.eta,
+            "eta_float_up": f.eta, "underflow_term": _power(f.underflow_term_exact, f.radix),
             "smallest_subnormal": r["smallest_subnormal"], "smallest_normal": r["smallest_normal"],
             "max_finite": r["max_finite"],
             "runtime_storage": "float64 arrays" if f.fits_binary64 else "object arrays of exact rationals",
@@ -138,7 +139,7 @@ def cmd_formats(args) -> int:
               f"{r['eta']:>10} {r['smallest_subnormal']:>13} {r['smallest_normal']:>11} "
               f"{r['max_finite']:>13}  {r['overflow']}")
     print("u = unit roundoff β^(1−p)/2, eta = underflow term β^emin/2 (round to nearest even); "
-          "any format: 'flt:p=7,emin=-20,emax=15'")
+          "any format: 'flt:p=7,emin=-20,emax=15'; flush modes: 'bfloat16:subnormals=ftz+daz'")
     return EXIT_OK
 
 
@@ -373,7 +374,7 @@ def _model(args):
                              f"--input FILE.npy")
         x = np.random.default_rng(DERIVED_INPUT_SEED).standard_normal(program.input_shape)
         return program, x, labels, f"{desc} (random N(0,1) input, seed {DERIVED_INPUT_SEED})"
-    return load_model(args.model, x), x.astype(np.float64), labels, desc
+    return load_model(args.model, x), x, labels, desc
 
 
 def _verdict(rows: list[dict]) -> tuple[bool, str]:
@@ -394,7 +395,7 @@ def cmd_bound(args) -> int:
     if args.gradients:
         loss = "cross_entropy" if labels is not None else "sum"
     graph = program.to_graph(loss)
-    inputs = {"x": np.asarray(x, dtype=np.float64)}
+    inputs = {"x": x}   # read at its exact value by the graph (any real dtype)
     if loss == "cross_entropy":
         inputs["target"] = np.asarray(labels)
     progress = False if args.quiet else None

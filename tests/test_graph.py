@@ -2,11 +2,14 @@
 exactly in rationals, end-to-end enclosure for an MLP and a small CNN, graph errors."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 from gmpy2 import mpq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfbound import formats
 from nfbound.graph import Graph, ctx_add, ctx_add_bound, format_table
@@ -405,3 +408,176 @@ def test_cnn_end_to_end_enclosure(fmt_name):
     _assert_all_hold(res, back)
     assert back.spec["x"].shape == (2, 1, 6, 6)
     assert "t" not in back.runtime                       # labels are not differentiable
+
+
+# -- 0-d values: graph inputs, parameters, every elementwise op, the interval spec ----------------
+ELEMENTWISE_MODULES = ("nfbound.ops.elementwise", "nfbound.ops.transcendental")
+ZERO_D_FORMATS = ["bfloat16", "float8_e4m3fn", "binary16:rounding=up", "decimal32"]
+
+
+def test_adding_two_0d_nodes():
+    """Two 0-d parameters added: forward, backward and report work and hold (the interval spec
+    returned a bare ``mpq`` for 0-d operands: ``AttributeError: ... no attribute 'shape'``)."""
+    fmt = formats.get("bfloat16")
+    g = Graph()
+    g.param("a", np.float64(1.5))
+    g.param("b", 1 / 3)
+    g.output(g.op("add", "a", "b", name="s"))
+    res = g.forward(fmt, {})
+    back = g.backward(fmt, res)
+    _assert_all_hold(res, back)
+    assert res.spec["s"].shape == () and np.shape(res.runtime["s"]) == () == res.eps["s"].shape
+    assert res.runtime["s"] == fmt.add(fmt.round(np.array(1.5)), fmt.round(np.array(1 / 3)))
+    assert [r["shape"] for r in res.report()] == [(), (), ()]
+
+
+def _interval_0d(draw) -> Interval:
+    lo = draw(st.fractions(min_value=-8, max_value=8, max_denominator=64))
+    w = draw(st.sampled_from([0, 0, 1]) | st.fractions(0, 4, max_denominator=16))
+    return Interval(np.asarray(mpq(lo), dtype=object), np.asarray(mpq(lo + w), dtype=object)) \
+        if w else Interval.exact(np.asarray(mpq(lo), dtype=object))
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_interval_ops_on_0d_stay_0d_arrays(data):
+    """Every operation of the interval spec on 0-d enclosures gives 0-d object arrays (never a
+    bare ``mpq``) with the endpoints of the same operation on 1-element arrays, and an exact
+    interval stays exact (``lo is hi``)."""
+    a, b = _interval_0d(data.draw), _interval_0d(data.draw)
+
+    def one(v: Interval) -> Interval:
+        return v.map_exact(lambda e: e.reshape(1))
+
+    ops_ = {"neg": lambda x, y: -x, "add": lambda x, y: x + y, "sub": lambda x, y: x - y,
+            "rsub": lambda x, y: 2 - x, "mul": lambda x, y: x * y, "abs": lambda x, y: x.abs(),
+            "max": lambda x, y: x.maximum(y), "getitem": lambda x, y: x[...],
+            "monotone": lambda x, y: x.monotone(lambda e: e - 1, lambda e: e + 1, False)}
+    if not bool(np.any((b.lo <= 0) & (b.hi >= 0))):
+        ops_["div"] = lambda x, y: x / y
+    for name, f in ops_.items():
+        r, r1 = f(a, b), f(one(a), one(b))
+        for e, e1 in ((r.lo, r1.lo), (r.hi, r1.hi)):
+            assert isinstance(e, np.ndarray) and e.shape == () and e.dtype == object, name
+            assert e[()] == e1[0], name
+        assert (r.lo is r.hi) == (r1.lo is r1.hi), name
+        assert r.rad.shape == r.mid.shape == r.to_float().shape == r.distance(0.5).shape == ()
+        assert r.encloses(np.float64(0.5), np.inf).shape == ()
+
+
+def _zero_d(xs, as_array: bool):
+    """The first element of each input: a 0-d array, or a Python scalar (float, int label, or
+    the exact ``mpq`` of an object-array format)."""
+    out = []
+    for x in xs:
+        v = np.asarray(x).reshape(-1)[0]
+        if as_array:
+            out.append(np.asarray(v))
+        elif isinstance(v, np.integer):
+            out.append(int(v))
+        else:
+            out.append(v if not isinstance(v, np.floating) else float(v))
+    return tuple(out)
+
+
+@pytest.mark.parametrize("fmt_name", ZERO_D_FORMATS)
+@pytest.mark.parametrize("op_name", sorted(load_ops().REGISTRY))
+def test_every_op_on_0d_inputs(op_name, fmt_name):
+    """Each registered op fed 0-d inputs (0-d arrays and Python scalars), forward and VJP, with
+    exact and perturbed spec inputs: the elementwise and transcendental ops must accept them,
+    return 0-d results and bounds, and enclose; any other op either does the same or refuses
+    with a ``ValueError`` (never another exception, never a wrong shape)."""
+    from test_registry import _perturbed_spec, _seed, _upstream
+    ops = load_ops()
+    fmt, P = formats.get(fmt_name), ops.get(op_name)
+    elementwise = P.runtime.__module__ in ELEMENTWISE_MODULES
+    rng = np.random.default_rng(_seed(op_name, fmt_name, "0-d"))
+    for trial in range(4):
+        xs, params = P.sample(rng, fmt)
+        xs = _zero_d(xs, as_array=trial % 2 == 0)
+        try:
+            out = P.runtime(fmt, *xs, **params)
+        except ValueError:
+            assert not elementwise, f"{op_name} refuses 0-d inputs"
+            return
+        rel = 0.0 if trial < 2 else 2.0 ** -10
+        spec_in, eps = zip(*(_perturbed_spec(rng, x, rel) for x in xs))
+        try:
+            spec_out = P.spec(*spec_in, **params)
+        except ValueError:
+            continue   # a spec domain error (sqrt or log of an enclosure reaching 0)
+        bound = P.bound(fmt, xs, eps, **params)
+        if elementwise:
+            assert np.shape(out) == spec_out.shape == np.shape(bound) == ()
+        assert spec_out.encloses(out, bound).all(), (op_name, xs)
+        g, eg, g_spec = _upstream(rng, fmt, np.shape(out), rel)
+        grads = P.vjp_runtime(fmt, xs, g, **params)
+        grads_spec = P.vjp_spec(spec_in, g_spec, **params)
+        grads_bound = P.vjp_bound(fmt, xs, eps, g, eg, **params)
+        for x, gr, gs, gb in zip(xs, grads, grads_spec, grads_bound):
+            if gr is None:
+                continue
+            assert np.shape(gr) == gs.shape == np.shape(gb) == np.shape(x) == ()
+            assert gs.encloses(gr, gb).all(), (op_name, xs)
+
+
+@pytest.mark.parametrize("fmt_name", ZERO_D_FORMATS)
+def test_0d_graph_through_every_elementwise_op(fmt_name):
+    """A scalar data input (Python float) and 0-d parameters through every elementwise and
+    transcendental op, in one graph: forward, backward, report and three training steps of
+    the 0-d parameters hold, every value and gradient 0-d."""
+    from nfbound.graph import SGD, AdamW, Momentum, train
+    ops = load_ops()
+    fmt = formats.get(fmt_name)
+    g = Graph()
+    g.input("x")
+    g.param("w", 0.75)
+    g.param("c", np.asarray(1.25))
+    g.op("mul", "x", "w", name="h")
+    last, k = "h", 0
+    for name, P in sorted(ops.REGISTRY.items()):
+        if P.runtime.__module__ not in ELEMENTWISE_MODULES:
+            continue
+        k += 1
+        n_in = len([p for p in inspect.signature(P.runtime).parameters.values()
+                    if p.kind == p.POSITIONAL_OR_KEYWORD]) - 1
+        params = {"c": 0.5} if "c" in inspect.signature(P.runtime).parameters else {}
+        arg = {"abs": last, "sqrt": f"pos{k}", "safe_log": f"pos{k}", "exp": f"small{k}"}
+        if name in ("sqrt", "safe_log"):   # keep the argument away from 0: a softplus
+            g.op("softplus", last, name=f"pos{k}")
+        if name == "exp":
+            g.op("tanh", last, name=f"small{k}")
+        ins = (arg.get(name, last), "c")[:n_in]
+        last = g.op(name, *ins, name=f"{name}{k}", **params)
+    g.output(last)
+    for x in (0.5, np.float64(-0.375), np.asarray(0.25)):
+        res = g.forward(fmt, {"x": x})
+        back = g.backward(fmt, res)
+        _assert_all_hold(res, back)
+        assert all(np.shape(v) == () for v in (*res.runtime.values(), *back.runtime.values()))
+        assert all(r["shape"] == () for r in res.report() + back.report())
+    for opt in (SGD(lr=0.25), Momentum(lr=0.25), AdamW(lr=0.25, eps=1e-3)):
+        run = train(g, fmt, opt, {"x": 0.5}, steps=3)
+        assert run.holds, (opt, [s.failures() for s in run.steps])
+        assert all(np.shape(v.runtime) == v.spec.shape == np.shape(v.eps) == ()
+                   for v in run.params.values())
+
+
+# -- conv without bias: the registry's enclosure check ---------------------------------------------
+@pytest.mark.parametrize("fmt_name", ["bfloat16", "float8_e5m2", "decimal32", "binary16:rounding=up"])
+@pytest.mark.parametrize("op_name", ["conv", "conv_transpose"])
+def test_conv_without_bias_enclosure(op_name, fmt_name, monkeypatch):
+    """conv and conv_transpose without bias (what a bias-free layer imports as): forward and
+    VJP enclosure with exact and perturbed inputs, replay and order-free bounds — the
+    registry's check on the op's own samples with the bias left out."""
+    import dataclasses
+
+    from test_registry import check_enclosure
+    ops = load_ops()
+    P = ops.get(op_name)
+
+    def sample(rng, fmt):
+        xs, params = P.sample(rng, fmt)
+        return xs[:2], params
+    monkeypatch.setitem(ops.REGISTRY, op_name, dataclasses.replace(P, sample=sample))
+    check_enclosure(op_name, fmt_name, trials=4)

@@ -10,6 +10,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from nfbound.formats import get as get_format  # noqa: E402
+from nfbound.graph import SGD, train  # noqa: E402
 from nfbound.models import demo_input, demo_labels, demo_model, demo_program  # noqa: E402
 from nfbound.models import onnx_import, torch_import  # noqa: E402
 from nfbound.models.demo import DEMO_PATH  # noqa: E402
@@ -110,9 +111,9 @@ def test_mixed_torch_and_onnx_give_the_same_program(tmp_path):
     assert [s.op for s in a.steps] == ["conv", "tanh", "conv_transpose", "softplus", "avg_pool",
                                        "sigmoid", "reshape", "linear", "relu", "linear", "softmax"]
     assert a.signature() == b.signature()
-    # the conv without bias got an explicit zero bias; the parameters are the float32 weights
-    conv = a.steps[0]
-    assert not np.any(a.params[conv.inputs[2]])
+    # the conv without bias has no bias input; the parameters are the float32 weights
+    assert a.steps[0].inputs == ("x", "conv.weight")
+    assert sorted(a.params) == sorted(n for n, _ in m.named_parameters())
     assert np.array_equal(a.params["fc.weight"], m.fc.weight.detach().double().numpy())
     # changing one weight changes the signature (the comparison can fail)
     c = torch_import.trace(m, x)
@@ -292,3 +293,131 @@ def test_view_needs_example_input():
     with pytest.raises(ValueError, match="example input"):
         torch_import.trace(V())
     assert torch_import.trace(V(), np.zeros((2, 3, 4))).steps[0].params == {"shape": (2, 12)}
+
+
+# -- the trainable parameters are exactly the model's ---------------------------------------------
+class Layers(nn.Module):
+    """One layer of each kind with parameters — module and functional forms — every bias
+    present or absent; a buffer, a frozen parameter and a weight shared by two layers."""
+
+    def __init__(self, kind: str, bias: bool):
+        super().__init__()
+        self.kind = kind
+        if kind == "conv":
+            self.layer = nn.Conv2d(2, 3, 2, bias=bias)
+        elif kind == "conv_transpose":
+            self.layer = nn.ConvTranspose1d(2, 3, 1, bias=bias)
+        elif kind == "linear":
+            self.layer = nn.Linear(2, 3, bias=bias)
+        else:   # functional: F.conv2d, F.conv_transpose1d, F.linear with raw parameters
+            shape = {"f_conv": (3, 2, 2, 2), "f_conv_transpose": (2, 3, 1), "f_linear": (3, 2)}
+            self.w = nn.Parameter(torch.randn(shape[kind]) / 2)
+            self.b = nn.Parameter(torch.randn(3) / 4) if bias else None
+        self.register_buffer("shift", torch.randn(1, 3) / 8)
+        self.frozen = nn.Parameter(torch.randn(3, 3) / 3, requires_grad=False)
+        self.head = nn.Linear(3, 3, bias=False)
+        self.tied = nn.Linear(3, 3, bias=False)
+        self.tied.weight = self.head.weight
+
+    def forward(self, x):
+        if self.kind == "f_conv":
+            h = F.conv2d(x, self.w, self.b)
+        elif self.kind == "f_conv_transpose":
+            h = F.conv_transpose1d(x, self.w, self.b)
+        elif self.kind == "f_linear":
+            h = F.linear(x, self.w, self.b)
+        else:
+            h = self.layer(x)
+        h = torch.flatten(h, 1)                   # (1, 3)
+        h = F.linear(h, self.frozen) + self.shift
+        return self.tied(torch.tanh(self.head(h)))
+
+
+LAYER_INPUTS = {"conv": (1, 2, 2, 2), "f_conv": (1, 2, 2, 2), "conv_transpose": (1, 2, 1),
+                "f_conv_transpose": (1, 2, 1), "linear": (1, 2), "f_linear": (1, 2)}
+LAYER_OPS = {"conv": "conv", "f_conv": "conv", "conv_transpose": "conv_transpose",
+             "f_conv_transpose": "conv_transpose", "linear": "linear", "f_linear": "linear"}
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("kind", sorted(LAYER_INPUTS))
+def test_imported_parameters_are_the_models(tmp_path, kind, bias):
+    """Every layer kind with parameters, module and functional, with and without bias: the
+    PyTorch import's trainable parameters are exactly ``named_parameters()`` with
+    ``requires_grad`` (a missing bias stays absent — it was a zero parameter that training
+    moved —, a tied weight is one parameter), buffers and frozen parameters are constants that
+    training leaves alone; the ONNX import's parameters are exactly its initializers (no zero
+    bias either). Both imports compute the PyTorch forward."""
+    torch.manual_seed(3)
+    m = Layers(kind, bias).double()
+    x = np.random.default_rng(3).standard_normal(LAYER_INPUTS[kind])
+    a = torch_import.trace(m, x)
+    layer = next(s for s in a.steps if s.op == LAYER_OPS[kind])
+    assert len(layer.inputs) == (3 if bias else 2)
+    assert sorted(a.params) == sorted(n for n, p in m.named_parameters() if p.requires_grad)
+    assert sorted(a.consts) == ["frozen", "shift"]
+    for n, p in [*m.named_parameters(), *m.named_buffers()]:
+        assert np.array_equal((a.params | a.consts)[n], p.detach().numpy()), n
+    g = a.to_graph("sum")
+    assert sorted(g.params) == sorted(a.params)
+    run = train(g, get_format("binary32"), SGD(lr=0.5), {"x": x}, steps=2)
+    assert run.holds and sorted(run.params) == sorted(a.params)
+    b = onnx_import.load(_export(m, x, tmp_path / f"{kind}.onnx"))
+    inits = {t.name for t in onnx.load(str(tmp_path / f"{kind}.onnx")).graph.initializer}
+    assert sorted(n.removesuffix(".T") for n in b.params) == sorted(inits)
+    assert len(next(s for s in b.steps if s.op == LAYER_OPS[kind]).inputs) == (3 if bias else 2)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    for prog in (a, b):
+        res = _forward(prog, x, "binary32")
+        assert res.holds
+        np.testing.assert_allclose(res.spec[prog.output].to_float(), ref, rtol=0, atol=1e-14)
+
+
+def _onnx_model(nodes, inits, x_shape, y_shape):
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, y_shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_onnx_missing_bias_stays_absent_and_constants_are_not_trained(trans_b):
+    """Hand-built ONNX: ``Conv`` and ``ConvTranspose`` without ``B``, ``Gemm`` without ``C``
+    (``transB`` 0 and 1) import without a bias input; a ``Constant`` operand is a constant,
+    not a parameter: training updates the initializers only."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(5)
+    inits = {"cw": rng.standard_normal((2, 1, 2)), "tw": rng.standard_normal((2, 1, 1)),
+             "gw": rng.standard_normal((3, 3))}
+    shift = numpy_helper.from_array(rng.standard_normal((1, 3)), "c")
+    nodes = [helper.make_node("Conv", ["x", "cw"], ["h1"], name="/conv/Conv"),
+             helper.make_node("ConvTranspose", ["h1", "tw"], ["h2"], name="/deconv/ConvTranspose"),
+             helper.make_node("Flatten", ["h2"], ["h3"], name="/flat/Flatten"),
+             helper.make_node("Gemm", ["h3", "gw"], ["h4"], name="/fc/Gemm", transB=trans_b),
+             helper.make_node("Constant", [], ["c"], name="/shift/Constant", value=shift),
+             helper.make_node("Add", ["h4", "c"], ["y"], name="/add/Add")]
+    prog = onnx_import.from_model(_onnx_model(nodes, inits, [1, 1, 4], [1, 3]))
+    assert [(s.op, len(s.inputs)) for s in prog.steps] == [
+        ("conv", 2), ("conv_transpose", 2), ("flatten", 1), ("linear", 2), ("add", 2)]
+    assert sorted(prog.params) == sorted(["cw", "tw", "gw" if trans_b else "gw.T"])
+    assert list(prog.consts) == ["c"]
+    x = rng.standard_normal((1, 1, 4))
+    run = train(prog.to_graph("sum"), get_format("bfloat16"), SGD(lr=0.25), {"x": x}, steps=2)
+    assert run.holds and sorted(run.params) == sorted(prog.params)
+    ref = x[0, 0, :3] * inits["cw"][:, 0, 0, None] + x[0, 0, 1:] * inits["cw"][:, 0, 1, None]
+    ref = (ref[:, None, :] * inits["tw"][:, :, 0, None]).sum(axis=0).reshape(1, -1)
+    ref = ref @ (inits["gw"].T if trans_b else inits["gw"]) + numpy_helper.to_array(shift)
+    res = _forward(prog, x)
+    np.testing.assert_allclose(res.spec[prog.output].to_float(), ref, rtol=0, atol=1e-14)
+
+
+def test_program_keeps_0d_parameters_0d():
+    """A 0-d tensor stays 0-d (``np.ascontiguousarray`` made it shape (1,))."""
+    from nfbound.models import Program
+    p = Program()
+    p.add_param("s", np.float64(0.5))
+    p.add_const("c", torch.tensor(2.0).double().numpy())
+    assert p.params["s"].shape == () and p.consts["c"].shape == ()

@@ -3,22 +3,42 @@
 For an operation whose exact result on runtime operands is ``z`` and whose runtime result is
 ``ẑ = round(z)``:
 
-* nearest modes: ``|ẑ − z| ≤ ulp(z)/2 ≤ ulp(ẑ)/2`` (Flocq ``error_le_half_ulp``; ``ulp`` is
-  monotone in ``|·|`` and rounding to nearest never leaves the binade downward past a power
-  of β, which is representable), with ``ulp(0) = β^emin`` so ``ẑ = 0`` charges ``η = β^emin/2``;
-* directed modes: ``|ẑ − z| < ulp(z) ≤ ulp(ẑ)``;
+* nearest modes: ``|ẑ − z| ≤ ulp(z)/2`` (Flocq ``error_le_half_ulp``, any valid ``fexp``);
+* directed modes: ``|ẑ − z| < ulp(z)``;
+
+and ``ulp(z)`` is bounded from ``ẑ`` alone: rounding maps the binade ``β^(e−1) ≤ |z| < β^e``
+into itself or onto its upper end ``β^e`` (the rounding of ``z`` in its binade's grid lies
+between two neighbours of that grid, and ``β^(e−1)``, ``β^e`` are on it). So ``z`` lies in
+``ẑ``'s binade, where ``ulp(z) = ulp(ẑ)``, or — only when ``|ẑ| = β^j`` is a power of β — in
+the binade below, where ``ulp(z) = β^fexp(j)``; and ``ẑ = 0`` comes only from the underflow
+binades, where ``ulp(z) = β^emin = ulp(0)`` (``η = β^emin/2``). For a monotone ``fexp``
+(FLX, FLT, FIX: Flocq ``Monotone_exp``) ``β^fexp(j) ≤ ulp(β^j)`` and the term is ``ulp(ẑ)/2``
+(nearest) or ``ulp(ẑ)``; a custom exponent function that is valid but not monotone (e.g.
+``e − 3`` for odd ``e``, ``e − 5`` for even) also gets the binade below at powers of β;
+* flush modes (``fmt.subnormals`` not ``"gradual"``): a result ``|ẑ| < b_min`` (zero or a
+  subnormal) charges ``fmt.underflow_term = b_min``. FTZ: ``ẑ = 0`` may stand for any exact
+  ``|z| < b_min`` (in every tininess convention), not only ``|z| ≤ η``; DAZ: a subnormal ``ẑ``
+  is read as 0 by the operation that consumes it, and ``b_min`` bounds both ``|ẑ − z|`` and
+  ``|0 − z|`` (see ``Format.underflow_term_exact``). In gradual underflow the same rule reads
+  ``ulp/2 = η`` (or ``ulp``) there, so ``fmt.underflow_term`` is the term below ``b_min`` in
+  every mode;
 * overflow: ``ẑ = ±inf`` or NaN charges ``inf``; so does a saturated ``|ẑ| = max_finite``
   (saturation, or IEEE directed rounding toward the largest finite), since ``z`` may be
   arbitrarily large.
 
 The term is computed from ``ẑ`` alone, so no exact ``z`` is needed; where the caller knows the
-operation was exact (an operand 0, …) it passes ``exact`` and the term is 0.
+operation was exact (an operand 0, …) it passes ``exact`` and the term is 0. (In the flush
+modes ``0 + x̂`` with a subnormal ``x̂`` rounds to 0 although flagged exact: its error ``|x̂|``
+is carried by ``x̂``'s own bound — a subnormal result charged ``b_min`` here, a subnormal input
+charged ``|x̂|`` by ``Primitive``.)
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..formats import Format
+from gmpy2 import mpq
+
+from ..formats import Format, reference
 from .upward import exact_array_up
 
 
@@ -34,6 +54,8 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
         finite = np.array([not (isinstance(v, float) and not np.isfinite(v)) for v in flat], dtype=bool)
         safe = np.array([v if f else 0 for v, f in zip(flat, finite)], dtype=object)
         ulp = np.asarray(fmt.ulp(safe))
+        if not fmt.fexp.monotone:
+            ulp = np.maximum(ulp, _ulp_below_powers(fmt, safe))
         if ulp.dtype == object:
             h = exact_array_up(ulp / 2 if fmt.is_nearest else ulp)
         else:   # a format fitting binary64 given exact (object) values: float64 ulps
@@ -41,6 +63,8 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
         h = np.where(finite, h, np.inf).reshape(a.shape)
         if fmt.fexp.kind == "FLX":   # no underflow: only an exact 0 rounds to 0
             h = np.where(np.vectorize(lambda v: v == 0, otypes=[bool])(a), 0.0, h)
+    if fmt.subnormals != "gradual":
+        h = np.where(_below_normal(fmt, a), fmt.underflow_term, h)
     if fmt.max_finite is not None and _saturates(fmt):
         mx = float(fmt.max_finite) if fmt.fits_binary64 else None
         at_max = (np.abs(a) == mx) if mx is not None else np.vectorize(
@@ -49,6 +73,24 @@ def rounding_term(fmt: Format, out, exact=None) -> np.ndarray:
     if exact is not None:
         h = np.where(exact, 0.0, h)
     return np.asarray(h, dtype=np.float64)
+
+
+def _ulp_below_powers(fmt: Format, a: np.ndarray) -> np.ndarray:
+    """``β^fexp(j)`` where ``|a| = β^j`` (the ulp of the binade just below), 0 elsewhere
+    (exact values, object array)."""
+    def one(v):
+        q = reference.to_exact(v)
+        if q == 0:
+            return mpq(0)
+        j = reference.mag(q, fmt.radix) - 1
+        return mpq(fmt.radix) ** fmt.fexp(j) if abs(q) == mpq(fmt.radix) ** j else mpq(0)
+    return np.vectorize(one, otypes=[object])(a)
+
+
+def _below_normal(fmt: Format, a: np.ndarray) -> np.ndarray:
+    """Where ``|a| < b_min``: zeros and nonzero subnormals (never inf or NaN)."""
+    zero = a == 0 if a.dtype != object else np.vectorize(lambda v: v == 0, otypes=[bool])(a)
+    return zero | fmt.tiny(a)
 
 
 def _from_binary64_ulp(fmt: Format, ulp: np.ndarray) -> np.ndarray:

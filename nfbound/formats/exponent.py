@@ -35,6 +35,10 @@ class ExponentFunction:
     smallest canonical exponent; ``None`` for FLX, whose exponents are unbounded below).
     A ``custom`` function is evaluated from the table of its values on ``window``, the
     exponents where it was checked; outside them calling it raises ``ValueError``.
+
+    ``monotone`` tells whether ``fexp`` is nondecreasing (Flocq ``Monotone_exp``; true for
+    FLX, FLT and FIX, checked on the window for a custom function). ``Valid_exp`` does not
+    imply it, and facts such as ``ulp(z) ≤ ulp(RN z)`` or Sterbenz's lemma need it.
     """
 
     kind: str
@@ -43,6 +47,7 @@ class ExponentFunction:
     func: Callable[[int], int] | None = None
     window: range | None = None
     table: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    monotone: bool = True
 
     def __call__(self, e: int) -> int:
         if self.kind == "FLX":
@@ -99,7 +104,12 @@ def custom(func: Callable[[int], int], *, precision: int | None = None,
     as far as the exponents they mention lie in it; the function is then used only on the
     window (see :class:`ExponentFunction`).
 
-    ``precision`` (optional) is the number of digits in the normal range, used for ``u``.
+    ``precision`` (optional) is a number of digits ``p`` that every binade above the
+    underflow range has at least: ``fexp(k) ≤ max(k − p, emin)`` for every ``k`` of the window
+    (checked). It is what the relative error model ``RN(z) = z(1 + δ) + θ``,
+    ``|δ| ≤ u = β^(1−p)/2``, ``|θ| ≤ η`` needs (in binade ``k`` the error is at most
+    ``β^fexp(k)/2``, which is ``≤ u·|z|`` when ``fexp(k) ≤ k − p`` and ``≤ η`` when
+    ``fexp(k) ≤ emin``), so a ``precision`` larger than some binade's digits is refused.
     ``emin`` is the exponent of the smallest positive value: by ``Valid_exp`` (2) the set
     ``{k : k ≤ fexp(k)}`` is closed downwards and ``fexp`` is constant on it, so when the
     window's first exponent ``lo`` has ``lo ≤ fexp(lo)``, ``emin = fexp(lo)`` (the smallest
@@ -142,8 +152,16 @@ def custom(func: Callable[[int], int], *, precision: int | None = None,
                         f"fexp is not a valid exponent function: Valid_exp (2) fails at k={k}: "
                         f"fexp({l})={values[l]} differs from fexp(k)={f} although {l} ≤ fexp(k)")
     emin = values[lo] if lo <= values[lo] else None
+    if precision is not None:
+        for k in window:
+            if values[k] > (k - precision if emin is None else max(k - precision, emin)):
+                raise ValueError(
+                    f"precision={precision} is more digits than binade {k} has: fexp({k})="
+                    f"{values[k]} > max({k} − {precision}, emin); the unit roundoff "
+                    f"β^(1−p)/2 would understate its rounding error")
+    monotone = all(values[k] <= values[k + 1] for k in range(lo, hi))
     return ExponentFunction("custom", precision, emin, func, window,
-                            tuple(values[k] for k in window))
+                            tuple(values[k] for k in window), monotone)
 
 
 def _check_int(name: str, value: object, minimum: int | None = None) -> None:

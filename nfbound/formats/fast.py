@@ -16,6 +16,13 @@ the correct one-step rounding of the exact value for every mode and every ``p �
 format is round-to-nearest with ``p ≤ 25`` the residual is not needed: binary64 double rounding
 is innocuous there (Figueroa 1995; Flocq ``Double_rounding``: ``2p + 2 ≤ 53``).
 
+Subnormal modes (``Format.subnormals``) travel in the rounding code (``Format.kernel_params``):
+``rounding | FTZ | DAZ``. :func:`round_scalar` rounds gradually and then flushes a result below
+``b_min = 2^(emin + p − 1)`` to a zero of its sign (FTZ); :func:`op_scalar` reads subnormal
+operands as zeros of their sign (DAZ); :func:`round_array` sends the elements below ``b_min`` to
+:func:`round_scalar`. Kernels elsewhere that call these inherit the mode, and their ties-to-even
+shortcuts (``rounding == NEAREST_EVEN``) see a flagged code and take the general path.
+
 Preconditions of the operations (checked by ``Format.fast_ops``): radix 2, ``p ≤ 51`` (or
 binary64 itself), and a range well inside binary64's (``emin ≥ −480`` and largest finite
 ``≤ 2^480``) so that the residuals are exact (no underflow in TwoProduct, no overflow in TwoSum).
@@ -34,6 +41,10 @@ OVF_NONE, OVF_IEEE, OVF_SATURATE, OVF_NAN = 0, 1, 2, 3
 ROUNDING_CODES = {"nearest_even": NEAREST_EVEN, "nearest_away": NEAREST_AWAY,
                   "toward_zero": TOWARD_ZERO, "upward": UPWARD, "downward": DOWNWARD}
 OVERFLOW_CODES = {"none": OVF_NONE, "ieee": OVF_IEEE, "saturate": OVF_SATURATE, "nan": OVF_NAN}
+#: Subnormal-mode flags or-ed into a rounding code; ``rounding & ROUNDING_MASK`` is the mode.
+FTZ, DAZ = 8, 16
+ROUNDING_MASK = 7
+SUBNORMAL_CODES = {"gradual": 0, "ftz": FTZ, "daz": DAZ, "ftz+daz": FTZ | DAZ}
 
 _SPLITTER = 134217729.0  # 2^27 + 1, Veltkamp's splitting constant for binary64
 # No Numba-IR inlining (``inline="always"``): LLVM inlines these small helpers anyway, and IR
@@ -106,7 +117,33 @@ def _overflow(y, negative, max_finite, rounding, overflow):
 
 
 @_jit
+def smallest_normal(p, emin):
+    """``b_min = 2^(emin + p − 1)`` (a binary64 number for every ``Format.fits_binary64``)."""
+    return math.ldexp(1.0, emin + p - 1)
+
+
+@_jit
+def flush(x, p, emin):
+    """``x``, or a zero of its sign when ``0 < |x| < b_min`` (FTZ of a result, DAZ of an
+    operand)."""
+    if x != 0.0 and abs(x) < smallest_normal(p, emin):
+        return math.copysign(0.0, x)
+    return x
+
+
+@_jit
 def round_scalar(x, sticky, p, emin, max_finite, rounding, overflow):
+    """:func:`round_gradual` in the rounding mode ``rounding & ROUNDING_MASK``, then the result
+    flushed to a zero of its sign when the code carries :data:`FTZ` and it lies below ``b_min``
+    (tininess after rounding to the subnormal grid)."""
+    y = round_gradual(x, sticky, p, emin, max_finite, rounding & ROUNDING_MASK, overflow)
+    if rounding & FTZ:
+        return flush(y, p, emin)
+    return y
+
+
+@_jit
+def round_gradual(x, sticky, p, emin, max_finite, rounding, overflow):
     """``RN(x + τ)`` where ``τ`` is a real of sign ``sticky`` (−1, 0, +1) smaller than half a
     binary64 quantum of ``x``, rounded to ``FLT(p, emin)`` in ``rounding``; then overflow.
 
@@ -233,13 +270,18 @@ def op_scalar(op, a, b, p, emin, max_finite, rounding, overflow, simple):
 
     ``simple`` is true when binary64 double rounding is innocuous (nearest, p ≤ 25) or the
     format is binary64 itself; otherwise the exact residual's sign is the sticky bit.
+    ``rounding`` may carry the subnormal-mode flags: DAZ reads subnormal operands as zeros of
+    their sign, FTZ is applied by :func:`round_scalar`.
     """
+    if rounding & DAZ:
+        a = flush(a, p, emin)
+        b = flush(b, p, emin)
     if op == 1:
         b = -b
         op = 0
     if op == 0:
         s = a + b
-        if s == 0.0 and rounding == DOWNWARD and (_bits(a) | _bits(b)) != 0:
+        if s == 0.0 and (rounding & ROUNDING_MASK) == DOWNWARD and (_bits(a) | _bits(b)) != 0:
             # IEEE 754 §6.3: an exact zero sum is −0 under roundTowardNegative (unless both
             # operands are +0); binary64 evaluated the sum to nearest, which gives +0.
             return -0.0
@@ -300,7 +342,7 @@ def op_array(op, a, b, p, emin, max_finite, rounding, overflow, simple):
 
 
 @_jit
-def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding):
+def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding, ftz):
     """Round the bit patterns ``xb[lo:hi]`` into ``ob`` without branches (so LLVM vectorizes
     the loop); returns whether some element needs :func:`round_scalar` instead.
 
@@ -314,7 +356,9 @@ def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding):
     field is the carry into the next binade. ``d ≤ 0`` means ``x`` is representable (``inc =
     0``, nothing cleared). Left to :func:`round_scalar`: binary64 subnormals, inf and NaN
     (``E = 0`` or ``0x7FF``), ``d > 52`` (|x| below the format's quantum: the result is 0 or
-    one quantum) and results beyond ``max_finite`` (the overflow rule).
+    one quantum) and results beyond ``max_finite`` (the overflow rule); with ``ftz`` also
+    every ``x`` below ``b_min`` (``d > d0``: the result may have to be flushed). ``rounding``
+    is the mode without the subnormal flags.
     """
     bad = np.int64(0)
     if rounding == NEAREST_EVEN:
@@ -330,7 +374,7 @@ def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding):
             inc = inc if dd > 0 else np.int64(0)
             r = (a + inc) & ~mask
             ob[i] = r | (b & _SIGN)
-            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits)
+            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits) | (ftz & (d > d0))
     else:
         for i in range(lo, hi):
             b = xb[i]
@@ -350,7 +394,7 @@ def _round_block(xb, ob, lo, hi, d0, e0, maxbits, rounding):
                 inc = mask if neg else np.int64(0)
             r = (a + inc) & ~mask
             ob[i] = r | (b & _SIGN)
-            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits)
+            bad |= (d > 52) | (E == 0x7FF) | (E == 0) | (r > maxbits) | (ftz & (d > d0))
     return bad != 0
 
 
@@ -361,11 +405,13 @@ def _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow):
     d0 = 53 - p
     e0 = emin + 1075
     maxbits = _bits(max_finite)
+    ftz = (rounding & FTZ) != 0
     for i in range(lo, hi):
         a = _bits(x[i]) & _ABS
         E = a >> 52
         d = max(d0, e0 - E)
-        if d > 52 or E == 0x7FF or E == 0 or a + (np.int64(1) << min(max(d, 0), 52)) > maxbits:
+        if d > 52 or E == 0x7FF or E == 0 or a + (np.int64(1) << min(max(d, 0), 52)) > maxbits \
+                or (ftz and d > d0):
             out[i] = round_scalar(x[i], 0, p, emin, max_finite, rounding, overflow)
 
 
@@ -375,7 +421,8 @@ def _round_flat(x, out, p, emin, max_finite, rounding, overflow):
     maxbits = _bits(max_finite)
     for lo in range(0, x.size, BLOCK):
         hi = min(x.size, lo + BLOCK)
-        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding):
+        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding & ROUNDING_MASK,
+                        (rounding & FTZ) != 0):
             _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow)
 
 
@@ -386,7 +433,8 @@ def _round_flat_par(x, out, p, emin, max_finite, rounding, overflow):
     for k in numba.prange((x.size + BLOCK - 1) // BLOCK):
         lo = k * BLOCK
         hi = min(x.size, lo + BLOCK)
-        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding):
+        if _round_block(xb, ob, lo, hi, 53 - p, emin + 1075, maxbits, rounding & ROUNDING_MASK,
+                        (rounding & FTZ) != 0):
             _round_block_fix(x, out, lo, hi, p, emin, max_finite, rounding, overflow)
 
 

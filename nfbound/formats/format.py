@@ -5,11 +5,12 @@ are held as float64 arrays; values of any other format as object arrays of exact
 (``gmpy2.mpq``, with ``±inf``/``nan`` as Python floats after overflow).
 
 Inputs are rounded once from their exact value. Arrays (or lists, scalars) whose elements all
-convert to binary64 exactly (float16/32/64, bool, integers of magnitude ≤ 2^53) take the
-compiled engine; anything else — Python ints beyond 2^53, ``fractions.Fraction``,
-``decimal.Decimal``, ``gmpy2.mpq``/``mpfr``, ``np.longdouble``, decimal strings, object arrays —
-takes the exact reference engine (never a conversion to float64 first, which would be a
-second rounding).
+convert to binary64 exactly (float16/32/64, bool, integers of magnitude ≤ 2^53, longdoubles
+that are binary64 values, ml_dtypes' bfloat16/fp8 arrays) take the compiled engine; anything
+else — integers beyond 2^53 (Python, int64, uint64), ``fractions.Fraction``,
+``decimal.Decimal``, ``gmpy2.mpq``/``mpfr``, other ``np.longdouble`` values, decimal strings,
+object arrays — takes the exact reference engine (never a conversion to float64 first, which
+would be a second rounding). Complex, datetime, timedelta and structured dtypes are refused.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from .exponent import FIX, FLT, FLX, ExponentFunction, _check_int
 
 ROUNDINGS = ("nearest_even", "nearest_away", "toward_zero", "upward", "downward")
 OVERFLOWS = ("none", "ieee", "saturate", "nan")
+SUBNORMALS = ("gradual", "ftz", "daz", "ftz+daz")
 _DBL_MAX = mpq(float(np.finfo(np.float64).max))
 _FAST_OPS_RANGE = 480
 
@@ -41,6 +43,28 @@ class Format:
     ``overflow`` says what a result whose rounding exceeds it becomes: ``"ieee"`` (±inf for the
     nearest modes, ±max or ±inf by direction for directed modes, IEEE 754 §7.4),
     ``"saturate"`` (±max), ``"nan"`` (fp8 e4m3fn, OCP), or ``"none"``.
+
+    ``subnormals`` says how results and operands below the smallest normal magnitude
+    ``b_min = β^(emin + p − 1)`` (:attr:`smallest_normal`) are treated (IEEE 754 gradual
+    underflow, or what hardware does in flush modes — x86 MXCSR FTZ/DAZ, ARM FPCR.FZ, oneDNN's
+    bf16/fp32 kernels):
+
+    * ``"gradual"`` (default): IEEE 754 gradual underflow, results are rounded onto the
+      subnormal grid;
+    * ``"ftz"`` (flush to zero): a rounded result whose gradually rounded value is nonzero with
+      magnitude ``< b_min`` becomes a zero of its sign. That is tininess detected *after*
+      rounding to the subnormal grid; hardware may detect it before rounding or after rounding
+      with an unbounded exponent, so a result whose exact value is just below ``b_min`` may come
+      out as ``±b_min`` here and ``±0`` there. The bounds cover every convention: any exact
+      result of magnitude ``< b_min`` may come out as ``±0`` (:attr:`underflow_term`);
+    * ``"daz"`` (denormals are zero): every operand of an operation that is a nonzero subnormal
+      is read as a zero of its sign before the operation (:meth:`daz`); results are gradual;
+    * ``"ftz+daz"``: both.
+
+    ``round`` (a conversion from an exact value, not an operation on format values) applies the
+    result flush only; the elementary operations and every compiled kernel apply both. Only
+    formats with subnormals (FLT, or a custom exponent function with an ``emin`` and a
+    precision) take a mode other than ``"gradual"``.
     """
 
     radix: int
@@ -49,6 +73,7 @@ class Format:
     overflow: str = "none"
     max_finite: object = None
     name: str | None = field(default=None, compare=False)
+    subnormals: str = "gradual"
 
     def __post_init__(self) -> None:
         _check_int("radix", self.radix, minimum=2)
@@ -71,18 +96,25 @@ class Format:
             object.__setattr__(self, "max_finite", M)
         elif self.overflow != "none":
             raise ValueError(f"overflow={self.overflow!r} needs max_finite")
+        if self.subnormals not in SUBNORMALS:
+            raise ValueError(f"subnormals must be one of {SUBNORMALS}, got {self.subnormals!r}")
+        if self.subnormals != "gradual" and (self.fexp.kind in ("FLX", "FIX")
+                                             or self.smallest_normal is None):
+            raise ValueError(f"subnormals={self.subnormals!r} needs a format with subnormals "
+                             f"(FLT or custom with emin and precision), not {self.fexp.kind}")
 
     # -- constructors -----------------------------------------------------------------------
     @classmethod
     def flt(cls, radix: int = 2, precision: int = 24, emin: int = -149, emax: int | None = None,
             rounding: str = "nearest_even", overflow: str | None = None,
-            max_finite: object = None, name: str | None = None) -> "Format":
+            max_finite: object = None, name: str | None = None, *,
+            subnormals: str = "gradual") -> "Format":
         """``FLT(p, emin)``: ``β^emin`` is the smallest subnormal. The overflow threshold is
         given by ``emax`` (values below ``β^emax``: the largest finite is
         ``(β^p − 1)·β^(emax − p)``, needs ``emax ≥ emin + p``) or by ``max_finite`` (any
         representable value, e.g. 448 for fp8 e4m3fn), not both; ``overflow`` defaults to
-        ``"ieee"`` with a threshold and ``"none"`` without. Raises ``ValueError`` naming the
-        offending parameter."""
+        ``"ieee"`` with a threshold and ``"none"`` without; ``subnormals`` as in the class
+        docstring. Raises ``ValueError`` naming the offending parameter."""
         _check_int("radix", radix, minimum=2)
         fexp = FLT(precision, emin)
         radix, precision, emin = int(radix), fexp.precision, fexp.emin
@@ -96,7 +128,7 @@ class Format:
             max_finite = (mpq(radix) ** precision - 1) * mpq(radix) ** (emax - precision)
         if overflow is None:
             overflow = "ieee" if max_finite is not None else "none"
-        return cls(radix, fexp, rounding, overflow, max_finite, name)
+        return cls(radix, fexp, rounding, overflow, max_finite, name, subnormals)
 
     @classmethod
     def flx(cls, radix: int = 2, precision: int = 24, rounding: str = "nearest_even",
@@ -184,6 +216,32 @@ class Format:
         return mpq(self.radix) ** (self.emin + self.precision - 1)
 
     @property
+    def flushes_results(self) -> bool:
+        """Whether tiny results are flushed to zero (``"ftz"``, ``"ftz+daz"``)."""
+        return self.subnormals.startswith("ftz")
+
+    @property
+    def flushes_operands(self) -> bool:
+        """Whether subnormal operands are read as zero (``"daz"``, ``"ftz+daz"``)."""
+        return self.subnormals.endswith("daz")
+
+    @cached_property
+    def underflow_term_exact(self) -> mpq:
+        """The absolute error a rounding may add to the relative one below ``b_min``
+        (``RN(z) = z(1 + δ) + θ``, ``|δ| ≤ u``, ``|θ| ≤`` this): ``η`` in gradual underflow
+        (Flocq ``relative_error_N_FLT``), ``b_min`` (:attr:`smallest_normal`) in the flush
+        modes. FTZ: a flushed result has ``|z| < b_min`` in every tininess convention, so
+        ``|0 − z| < b_min``. DAZ: a nonzero subnormal result ``ẑ`` (``|ẑ| ≤ b_min − β^emin``)
+        is read as 0 by the operation that consumes it, so its term must cover both readings:
+        ``|ẑ − z| + |ẑ| ≤ η + b_min − β^emin ≤ b_min``."""
+        return self.eta_exact if self.subnormals == "gradual" else self.smallest_normal
+
+    @property
+    def underflow_term(self) -> float:
+        """:attr:`underflow_term_exact` as a float64 rounded upward."""
+        return _float_up(self.underflow_term_exact)
+
+    @property
     def largest_finite(self) -> mpq | None:
         return self.max_finite
 
@@ -216,14 +274,19 @@ class Format:
 
     @cached_property
     def kernel_params(self) -> tuple:
-        """``(p, emin, max_finite, rounding, overflow, simple)`` for the compiled kernels."""
+        """``(p, emin, max_finite, rounding, overflow, simple)`` for the compiled kernels.
+
+        ``rounding`` is the rounding code or-ed with the subnormal-mode flags
+        (``fast.SUBNORMAL_CODES``): every kernel that rounds through ``fast.round_scalar``,
+        ``op_scalar``, ``round_array`` or ``op_array`` honours the mode, and a kernel's
+        ties-to-even shortcut (``rounding == NEAREST_EVEN``) is skipped in the flush modes."""
         if not self.fits_binary64:
             raise ValueError(f"format {self} does not fit binary64: no compiled kernels")
         p = self.precision if self.precision is not None else 10**6
         mx = float(self.max_finite) if self.overflow != "none" else math.inf
         simple = self.is_binary64 or (self.is_nearest and p <= 25)
-        return (p, self.emin, mx, fast.ROUNDING_CODES[self.rounding],
-                fast.OVERFLOW_CODES[self.overflow], simple)
+        rounding = fast.ROUNDING_CODES[self.rounding] | fast.SUBNORMAL_CODES[self.subnormals]
+        return (p, self.emin, mx, rounding, fast.OVERFLOW_CODES[self.overflow], simple)
 
     # -- rounding ---------------------------------------------------------------------------
     def round(self, x, out: np.ndarray | None = None) -> np.ndarray:
@@ -236,7 +299,9 @@ class Format:
         ``mpq`` values (reference engine). NaN stays NaN and ±inf stays ±inf (then the
         overflow rule applies, as for any value beyond the largest finite).
         ``out`` (compiled engine only): a C-contiguous float64 array of ``x``'s shape, not
-        overlapping ``x``, that receives the result (no allocation).
+        overlapping ``x``, that receives the result (no allocation). In the flush modes a
+        result below ``b_min`` becomes a zero of its sign (``subnormals``; a conversion reads
+        no format operand, so DAZ does not apply).
         """
         a = _as_binary64(x) if self.fits_binary64 else None
         if a is not None:
@@ -249,12 +314,33 @@ class Format:
         if out is not None:
             raise ValueError(f"out= needs binary64 input and a format that fits binary64 ({self})")
         res = _map(lambda v: _round_exact_value(v, self), x)
-        if not self.fits_binary64:
-            return res
-        # exact zeros carry no sign: a result rounded to 0 has the sign of its input
-        res = _to_float_array(res)
-        neg = _map(_is_negative, x).astype(bool)
-        return np.where(res == 0, np.where(neg, -0.0, 0.0), res)
+        return signed_float_array(res, x) if self.fits_binary64 else res
+
+    def tiny(self, x) -> np.ndarray:
+        """Where ``0 < |x| < b_min`` (:attr:`smallest_normal`): the nonzero subnormals of an
+        array of format values (float64 or exact); all false for a format without
+        subnormals (no ``b_min``)."""
+        a = np.asarray(x)
+        if self.smallest_normal is None:
+            return np.zeros(a.shape, dtype=bool)
+        if a.dtype != object:
+            a = a.astype(np.float64, copy=False)
+            return (a != 0) & (np.abs(a) < float(self.smallest_normal))
+        return _map(lambda v: not isinstance(v, float) and reference.is_tiny(v, self), a).astype(bool)
+
+    def daz(self, x):
+        """``x`` as an operation of this format reads it: under DAZ (:attr:`flushes_operands`)
+        every nonzero subnormal becomes a zero of its sign (``±0.0`` in a float64 array, ``0``
+        in an exact one); otherwise ``x`` itself."""
+        if not self.flushes_operands:
+            return x
+        a = np.asarray(x)
+        t = self.tiny(a)
+        if not t.any():
+            return x
+        if a.dtype != object:
+            return np.where(t, np.copysign(0.0, a), a)
+        return np.where(t, mpq(0), a)
 
     def _no_inf(self, out: np.ndarray) -> np.ndarray:
         """Infinite float64 results (infinite inputs, division by zero) in a format without
@@ -267,7 +353,8 @@ class Format:
         return out
 
     def _op(self, name: str, a, b=None):
-        """``RN(a name b)`` (``RN(√a)`` when ``b`` is None), one rounding of the exact result.
+        """``RN(a name b)`` (``RN(√a)`` when ``b`` is None), one rounding of the exact result
+        (of the operands as read: :meth:`daz`; then the result flush of ``subnormals``).
 
         For a format that fits binary64 and operands that are all binary64 values: float64
         out, from the compiled kernel (``fast_ops``) or the exact engine. Otherwise (exact
@@ -287,7 +374,8 @@ class Format:
             out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
                                                      None if t is None else reference.to_exact(t)),
                         fa, fb)
-            return self._no_inf(_signed_zeros(_to_float_array(out), name, fa, fb, self.rounding))
+            return self._no_inf(_signed_zeros(_to_float_array(out), name, self.daz(fa),
+                                              None if fb is None else self.daz(fb), self.rounding))
         out = _map2(lambda s, t: reference.apply(name, self, reference.to_exact(s),
                                                  None if t is None else reference.to_exact(t)),
                     a, b)
@@ -387,11 +475,14 @@ class Format:
         if self.max_finite is not None:
             parts.append(f"max={_rational_str(self.max_finite)}")
         parts += [f"rounding={self.rounding}", f"overflow={self.overflow}"]
+        if self.subnormals != "gradual":
+            parts.append(f"subnormals={self.subnormals}")
         return f"{self.fexp.kind.lower()}:" + ",".join(parts)
 
 
 def _unbounded(fmt: Format) -> Format:
-    """The same format without an overflow threshold (for representability checks)."""
+    """The same format without an overflow threshold, in gradual underflow (for
+    representability checks: a subnormal is a value of the format in every mode)."""
     return Format(fmt.radix, fmt.fexp, fmt.rounding, "none", None)
 
 
@@ -454,33 +545,56 @@ def _signed_zeros(out: np.ndarray, name: str, a, b, rounding: str) -> np.ndarray
 _INT_EXACT = 2 ** 53
 
 
-def _as_binary64(x) -> np.ndarray | None:
-    """``x`` as a float64 array when every element is exactly a binary64 value of that
-    kind: float16/32/64, bool, or integers of magnitude ≤ 2^53 (converted exactly); ``None``
-    when some element needs the exact engine (object arrays and what NumPy makes object of:
-    ``mpq``, ``Fraction``, ``Decimal``, ``mpfr``, ints beyond int64; larger int64/uint64 values,
-    ``np.longdouble``, strings). Raises ``ValueError`` for complex or non-numeric dtypes."""
+def _as_binary64(x, name: str = "x") -> np.ndarray | None:
+    """``x`` as a float64 array, converted exactly, when every element is a binary64 value;
+    ``None`` when some element needs the exact engine.
+
+    * Converted: the dtypes NumPy casts to float64 *safely* (bool, float16/32/64, int8..int32,
+      uint8..uint32, ml_dtypes' real types such as bfloat16 and the fp8s: widening casts,
+      value-preserving), except int64/uint64, which NumPy calls safe although ``2^53 + 1`` is
+      not a binary64 value: those when every ``|element| ≤ 2^53``; ``np.longdouble`` when
+      every element survives the round trip through float64.
+    * ``None``: object arrays, strings (read by the exact engine), larger int64/uint64 values,
+      longdoubles that are not binary64 values, and lists or scalars holding an integer beyond
+      ``2^53`` (NumPy would promote a list mixing it with floats to float64, a rounding).
+    * ``ValueError`` naming ``name``: complex, datetime64, timedelta64, void/structured
+      dtypes (and ml_dtypes' complex types).
+    """
     if isinstance(x, np.ndarray) and x.dtype == np.float64:
         return x
     if not isinstance(x, np.ndarray) and _has_big_integer(x):
-        return None   # NumPy would make float64 of a list mixing big integers and floats
+        return None
     a = np.asarray(x)
     kind = a.dtype.kind
-    if kind == "b" or (kind == "f" and a.dtype.itemsize <= 8):
+    if kind in "iu" and a.dtype.itemsize > 4:
+        exact = a.size == 0 or (int(a.max()) <= _INT_EXACT and int(a.min()) >= -_INT_EXACT)
+        return a.astype(np.float64) if exact else None
+    if np.can_cast(a.dtype, np.float64):
         return a.astype(np.float64, copy=False)
-    if kind in "iu":
-        if a.size == 0 or (int(a.max()) <= _INT_EXACT and int(a.min()) >= -_INT_EXACT):
-            return a.astype(np.float64)
+    if kind == "f":   # longdouble (float128 on x86): exact iff the round trip is
+        with np.errstate(over="ignore", invalid="ignore"):
+            b = a.astype(np.float64)
+            kept = (b.astype(a.dtype) == a) | np.isnan(a)
+        return b if kept.all() else None
+    if kind in "OUS":
         return None
-    if kind in "OfUS":
-        return None
-    raise ValueError(f"x must hold real numbers, got an array of dtype {a.dtype}")
+    raise ValueError(f"{name} must hold real numbers, got an array of dtype {a.dtype}")
 
 
 def _has_big_integer(x) -> bool:
     """Whether a list or scalar holds an integer beyond ±2^53 (not exactly a binary64)."""
     return any(isinstance(v, numbers.Integral) and abs(int(v)) > _INT_EXACT
                for v in np.asarray(x, dtype=object).reshape(-1))
+
+
+def signed_float_array(exact: np.ndarray, x) -> np.ndarray:
+    """The object array ``exact`` of binary64 values (``mpq``, ±inf/nan floats) as float64,
+    converted exactly; a zero takes the sign of the element of ``x`` it comes from (exact
+    rationals have no −0: ``-0.0``, ``Decimal("-0")``, ``mpfr("-0")`` keep theirs, and so
+    does a nonzero input rounded to 0)."""
+    res = _to_float_array(exact)
+    neg = _map(_is_negative, x).astype(bool)
+    return np.where(res == 0, np.where(neg, -0.0, 0.0), res)
 
 
 def _map(f: Callable, x) -> np.ndarray:

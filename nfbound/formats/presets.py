@@ -5,18 +5,21 @@ Spec strings: ``KIND:key=value,...`` with ``KIND`` one of ``flt``, ``flx``, ``fi
 quantum), ``emax`` (values below ``radix^emax``: largest finite ``(β^p − 1)·β^(emax − p)`` for
 flt, ``β^emax − β^emin`` for fix) or ``max`` (largest finite, an integer or ``n/d``; not both),
 ``rounding`` (``even``, ``away``, ``zero``, ``up``, ``down`` or the full names) and ``overflow``
-(``ieee``, ``saturate``, ``nan``, ``none``). ``flt`` needs ``p`` and ``emin``; ``fix`` needs
+(``ieee``, ``saturate``, ``nan``, ``none``) and ``subnormals`` (``gradual``, the default,
+``ftz``, ``daz``, ``ftz+daz``: see ``Format``; only ``flt`` has subnormals to flush). ``flt``
+needs ``p`` and ``emin``; ``fix`` needs
 ``emin`` and takes no ``p``; ``flx`` needs ``p`` and takes no ``emin``, ``emax``, ``max`` (its
 exponents are unbounded; ``overflow`` can only be ``none``). A key a kind does not take is an
 error, never ignored.
 Example: ``flt:p=7,emin=-20,emax=15`` or ``flt:radix=10,p=4,emin=-20,emax=10,rounding=away``.
-A preset name followed by options overrides them: ``float8_e4m3fn:overflow=saturate``.
+A preset name followed by options overrides them: ``float8_e4m3fn:overflow=saturate``,
+``bfloat16:subnormals=ftz+daz``.
 """
 from __future__ import annotations
 
 from gmpy2 import mpq
 
-from .format import Format, ROUNDINGS
+from .format import Format, ROUNDINGS, SUBNORMALS
 
 _two = mpq(2)
 _ten = mpq(10)
@@ -80,7 +83,8 @@ def _options(options: str, text: str) -> dict[str, str]:
         if not eq or not v.strip():
             raise ValueError(f"malformed format spec {text!r}: expected key=value, got {item!r}")
         k = k.strip().lower()
-        if k not in ("radix", "p", "precision", "emin", "emax", "max", "rounding", "overflow"):
+        if k not in ("radix", "p", "precision", "emin", "emax", "max", "rounding", "overflow",
+                     "subnormals"):
             raise ValueError(f"malformed format spec {text!r}: unknown key {k!r}")
         out["p" if k == "precision" else k] = v.strip()
     return out
@@ -104,6 +108,14 @@ def _rounding(opts: dict[str, str], text: str) -> str:
     return r
 
 
+def _subnormals(opts: dict[str, str], text: str) -> str:
+    m = opts.get("subnormals", "gradual").lower()
+    if m not in SUBNORMALS:
+        raise ValueError(f"malformed format spec {text!r}: subnormals must be one of "
+                         f"{', '.join(SUBNORMALS)}, got {opts['subnormals']!r}")
+    return m
+
+
 def _max(opts: dict[str, str], text: str):
     if "max" not in opts:
         return None
@@ -113,15 +125,19 @@ def _max(opts: dict[str, str], text: str):
         raise ValueError(f"malformed format spec {text!r}: max must be an integer or n/d, got {opts['max']!r}") from None
 
 
-#: Keys each kind of spec string takes (``radix`` and ``rounding`` are common to all).
-_KIND_KEYS = {"flt": {"p", "emin", "emax", "max", "overflow"},
+#: Keys each kind of spec string takes (``radix`` and ``rounding`` are common to all;
+#: ``subnormals`` is checked apart, so that flx/fix refuse it with the reason).
+_KIND_KEYS = {"flt": {"p", "emin", "emax", "max", "overflow", "subnormals"},
               "fix": {"emin", "emax", "max", "overflow"},
               "flx": {"p", "overflow"}}
 
 
 def _parse(kind: str, options: str, text: str) -> Format:
     opts = _options(options, text)
-    extra = sorted(set(opts) - _KIND_KEYS[kind] - {"radix", "rounding"})
+    if kind != "flt" and _subnormals(opts, text) != "gradual":
+        raise ValueError(f"malformed format spec {text!r}: {kind} has no subnormals, so "
+                         f"subnormals must be gradual, got {opts['subnormals']!r}")
+    extra = sorted(set(opts) - _KIND_KEYS[kind] - {"radix", "rounding", "subnormals"})
     if extra:
         raise ValueError(f"malformed format spec {text!r}: {kind} takes no {', '.join(extra)}")
     radix = _int(opts, "radix", text)
@@ -141,14 +157,18 @@ def _parse(kind: str, options: str, text: str) -> Format:
         return Format.fix(radix, emin, rounding, max_finite=mx, overflow=overflow, emax=emax)
     if p is None:
         raise ValueError(f"malformed format spec {text!r}: flt needs p and emin")
-    return Format.flt(radix, p, emin, emax, rounding, overflow, max_finite=mx)
+    return Format.flt(radix, p, emin, emax, rounding, overflow, max_finite=mx,
+                      subnormals=_subnormals(opts, text))
 
 
 def _override(base: Format, options: str) -> Format:
     text = f"{base.name}:{options}"
     opts = _options(options, text)
-    if set(opts) - {"rounding", "overflow"}:
-        raise ValueError(f"malformed format spec {text!r}: a preset takes only rounding= and overflow=")
+    if set(opts) - {"rounding", "overflow", "subnormals"}:
+        raise ValueError(f"malformed format spec {text!r}: a preset takes only rounding=, "
+                         "overflow= and subnormals=")
     rounding = _rounding(opts, text) if "rounding" in opts else base.rounding
     overflow = opts.get("overflow", base.overflow)
-    return Format(base.radix, base.fexp, rounding, overflow, base.max_finite, name=text)
+    subnormals = _subnormals(opts, text) if "subnormals" in opts else base.subnormals
+    return Format(base.radix, base.fexp, rounding, overflow, base.max_finite, name=text,
+                  subnormals=subnormals)

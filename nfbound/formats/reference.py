@@ -4,7 +4,10 @@ Values are ``gmpy2.mpq`` rationals; the rounding of a rational ``x`` is computed
 arithmetic only (Flocq ``round``): ``RN(x) = rnd(x · β^(−cexp x)) · β^(cexp x)`` where ``rnd``
 rounds the scaled mantissa to an integer in the format's mode. Results that overflow the
 format are returned as the Python floats ``±inf`` or ``nan`` (or saturate), per the format's
-overflow rule. This engine is slow (microseconds per value) and is the judge of the fast one.
+overflow rule. In a flush mode (``Format.subnormals``) a rounded result below the smallest
+normal magnitude becomes 0 (:func:`flush_result`) and an operation reads a subnormal operand as
+0 (:func:`read_operand`). This engine is slow (microseconds per value) and is the judge of the
+fast one.
 """
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ def round_rational(x: mpq, fmt: "Format") -> Exact:
     q = int(gmpy2.f_div(scaled.numerator, scaled.denominator))
     frac = scaled - q
     m = round_scaled(q, _sign(frac - mpq(1, 2)), frac != 0, negative, fmt.rounding)
-    return fmt_overflow(mpq(m) * mpq(beta) ** c, negative, fmt)
+    return fmt_overflow(flush_result(mpq(m) * mpq(beta) ** c, fmt), negative, fmt)
 
 
 def round_sqrt(x: mpq, fmt: "Format") -> Exact:
@@ -96,7 +99,25 @@ def round_sqrt(x: mpq, fmt: "Format") -> Exact:
     q = int(gmpy2.isqrt(gmpy2.f_div(s.numerator, s.denominator)))
     half = (mpq(q) + mpq(1, 2)) ** 2
     m = round_scaled(q, _sign(s - half), s != q * q, False, fmt.rounding)
-    return fmt_overflow(mpq(m) * b ** c, False, fmt)
+    return fmt_overflow(flush_result(mpq(m) * b ** c, fmt), False, fmt)
+
+
+def is_tiny(v: mpq, fmt: "Format") -> bool:
+    """Whether the exact value ``v`` is nonzero with ``|v| < b_min`` (``fmt.smallest_normal``)."""
+    return v != 0 and abs(v) < fmt.smallest_normal
+
+
+def flush_result(r: mpq, fmt: "Format") -> mpq:
+    """The gradually rounded magnitude ``r``, flushed to 0 when ``fmt`` flushes results
+    (``subnormals`` ftz) and ``0 < r < b_min`` (tininess after rounding to the subnormal grid)."""
+    return mpq(0) if fmt.flushes_results and is_tiny(r, fmt) else r
+
+
+def read_operand(v: Exact, fmt: "Format") -> Exact:
+    """An operand as an operation of ``fmt`` reads it: 0 for a nonzero subnormal under DAZ."""
+    if fmt.flushes_operands and not isinstance(v, float) and is_tiny(v, fmt):
+        return mpq(0)
+    return v
 
 
 def fmt_overflow(r: mpq, negative: bool, fmt: "Format") -> Exact:
@@ -130,16 +151,17 @@ def _sign(q: mpq) -> int:
 def to_exact(x: object) -> Exact:
     """The exact value of a real number as an ``mpq``; ``±inf``/``nan`` as Python floats.
 
-    Accepts Python and NumPy ints and floats (``np.longdouble`` too), ``gmpy2`` ``mpz``/``mpq``/
-    ``mpfr``, any ``numbers.Rational`` (``fractions.Fraction``), ``decimal.Decimal`` and
-    decimal or ``n/d`` strings (and 0-d arrays of these), each converted without rounding.
-    Raises ``ValueError`` for anything else (e.g. complex numbers).
+    Accepts Python and NumPy ints and floats (``np.longdouble`` and ml_dtypes' bfloat16/fp8
+    scalars too), ``gmpy2`` ``mpz``/``mpq``/``mpfr``, any ``numbers.Rational``
+    (``fractions.Fraction``), ``decimal.Decimal`` and decimal or ``n/d`` strings (and 0-d
+    arrays of these), each converted without rounding.
+    Raises ``ValueError`` for anything else (complex numbers, datetime64, timedelta64, …).
     """
     if isinstance(x, (float, np.floating)):
         # np.isfinite: a finite np.longdouble may lie beyond binary64's range
         return mpq(*x.as_integer_ratio()) if np.isfinite(x) else float(x)
-    if isinstance(x, (int, np.integer, np.bool_)):
-        return mpq(int(x))
+    if isinstance(x, (int, np.integer, np.bool_)) and not isinstance(x, np.timedelta64):
+        return mpq(int(x))   # (NumPy makes timedelta64 an integer type: a duration is no number)
     if isinstance(x, (_MPZ, _MPQ)):
         return mpq(x)
     if isinstance(x, _MPFR):
@@ -158,6 +180,8 @@ def to_exact(x: object) -> Exact:
             return f
     if isinstance(x, np.ndarray) and x.ndim == 0:
         return to_exact(x[()])
+    if isinstance(x, np.generic) and np.can_cast(x.dtype, np.float64):
+        return to_exact(x.astype(np.float64))   # ml_dtypes' reals (bfloat16, fp8): exact widening
     raise ValueError(f"expected a real number, got {x!r} of type {type(x).__name__}")
 
 
@@ -165,8 +189,11 @@ def apply(op: str, fmt: "Format", a: Exact, b: Exact | None = None) -> Exact:
     """One elementary operation on runtime values, rounded once: ``RN(a op b)``.
 
     Non-finite operands follow IEEE 754 (computed in binary64, whose special-value rules are
-    the same); finite operands are combined exactly and rounded by :func:`round_rational`.
+    the same); finite operands are read (:func:`read_operand`: DAZ), combined exactly and
+    rounded by :func:`round_rational`.
     """
+    a = read_operand(a, fmt)
+    b = None if b is None else read_operand(b, fmt)
     if not _finite(a) or (b is not None and not _finite(b)):
         fa, fb = _proxy(a), (None if b is None else _proxy(b))
         with _np_quiet():

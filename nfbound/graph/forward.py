@@ -10,9 +10,13 @@ primitive's three forward rules in a single pass over a topological order:
 Soundness composes (TorchLean ``RuntimeApprox`` graph theorem): if every input satisfies
 ``|x̂ − x| ≤ ε_x`` elementwise and every primitive's bound rule is sound for inputs within
 their ``ε``, then by induction along the topological order every node satisfies
-``|runtime − spec| ≤ eps``. The leaves: a data input or parameter ``a`` (a float64 array, taken
-as the exact reals it denotes) has runtime ``RN(a)``, spec ``a`` and ``ε = |RN(a) − a|``
-rounded upward; a label input is passed through unchanged (``ε = 0``, not differentiable).
+``|runtime − spec| ≤ eps``. The leaves: a data input, parameter or constant ``a`` (a float64
+array, taken as the exact reals it denotes) has runtime ``RN(a)``, spec ``a`` and
+``ε = |RN(a) − a|`` rounded upward; a label input is passed through unchanged (``ε = 0``, not
+differentiable). Parameters are what :func:`nfbound.graph.train` updates; constants (a
+model's buffers, frozen weights) never are. Every value may be 0-d (a scalar input,
+parameter or loss): runtime values are arrays of the node's shape, also where a rule returns
+a NumPy scalar.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from ..ops.interval import Interval
 if TYPE_CHECKING:
     from .reverse import BackwardResult
 
-KINDS = ("data", "label", "param", "op")
+KINDS = ("data", "label", "param", "const", "op")
 
 
 class Value(NamedTuple):
@@ -45,14 +49,14 @@ class Value(NamedTuple):
 
 @dataclass(frozen=True)
 class Node:
-    """A graph node: a leaf (``kind`` data/label/param) or a primitive application."""
+    """A graph node: a leaf (``kind`` data/label/param/const) or a primitive application."""
 
     name: str
     kind: str
     op: str | None = None
     inputs: tuple[str, ...] = ()
     params: dict = field(default_factory=dict)
-    value: np.ndarray | None = None       # the float64 spec value of a parameter
+    value: np.ndarray | None = None       # the float64 spec value of a parameter or constant
 
 
 def load_ops():
@@ -102,16 +106,13 @@ def _takes_order(runtime) -> bool:
 def leaf_value(fmt: Format, a, spec: bool = True, bounds: bool = True) -> Value:
     """A data input or parameter: runtime ``RN(a)``, spec ``a`` (exact), ``ε = |RN(a) − a|``.
 
-    For formats fitting binary64 the difference ``RN(a) − a`` of two binary64 numbers is
-    computed in binary64 and pushed one step up (an upper bound of the exact difference);
-    otherwise it is computed exactly in rationals and converted upward. Overflow to ±inf gives
-    ``ε = inf``.
+    ``a`` is read at its exact value whatever its dtype (``checks.finite``: int64 beyond 2^53,
+    longdouble and rationals are never converted to float64 first; other dtypes are refused).
+    When ``a`` and ``RN(a)`` are binary64 values their difference is computed in binary64 and
+    pushed one step up (an upper bound of the exact difference); otherwise it is computed
+    exactly in rationals and converted upward. Overflow to ±inf gives ``ε = inf``.
     """
-    arr = np.asarray(a)
-    if arr.dtype != object:
-        arr = np.asarray(arr, dtype=np.float64)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError("contains NaN or inf")
+    arr = checks.finite("value", a)
     rt = fmt.round(arr)
     s = Interval.exact(arr) if (spec or (bounds and np.asarray(rt).dtype == object)) else None
     eps = None
@@ -133,11 +134,9 @@ def _exact_distance_up(s: Interval, runtime) -> np.ndarray:
 
 
 def label_value(labels, spec: bool = True, bounds: bool = True) -> Value:
-    """A label input: unchanged, exact, error 0."""
+    """A label input: unchanged, exact (read at its exact value, as :func:`leaf_value`), error 0."""
     a = np.asarray(labels)
-    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        raise ValueError("contains NaN or inf")
-    s = Interval.exact(np.asarray(a, dtype=np.float64) if a.dtype != object else a) if spec else None
+    s = Interval.exact(checks.finite("labels", a)) if spec else None
     return Value(a, s, np.zeros(a.shape) if bounds else None)
 
 
@@ -171,13 +170,21 @@ class Graph:
         return self._add(Node(name, kind))
 
     def param(self, name: str, value) -> str:
-        """A parameter with float64 spec value ``value`` (rounded like data)."""
+        """A trainable parameter with float64 spec value ``value`` (rounded like data)."""
+        return self._leaf(name, "param", value)
+
+    def const(self, name: str, value) -> str:
+        """A constant: a leaf like a parameter (rounded like data, differentiable), but not
+        one of :attr:`params`, so :func:`~nfbound.graph.train` never updates it."""
+        return self._leaf(name, "const", value)
+
+    def _leaf(self, name: str, kind: str, value) -> str:
         a = np.asarray(value)
         if a.dtype != object:
             a = np.array(a, dtype=np.float64)
             if not np.all(np.isfinite(a)):
-                raise ValueError(f"param {name!r} contains NaN or inf")
-        return self._add(Node(name, "param", value=a))
+                raise ValueError(f"{kind} {name!r} contains NaN or inf")
+        return self._add(Node(name, kind, value=a))
 
     def op(self, op_name: str, *inputs: str, name: str | None = None, **params) -> str:
         """Apply primitive ``op_name`` to the named nodes; returns the new node's name."""
@@ -205,6 +212,7 @@ class Graph:
 
     @property
     def params(self) -> list[str]:
+        """The trainable parameters (constants excluded)."""
         return [n for n, v in self.nodes.items() if v.kind == "param"]
 
     @property
@@ -261,8 +269,10 @@ class Graph:
         bounds (``bounds=True``) in one pass over a topological order.
 
         ``inputs`` maps each data/label input to its value (float64 array; labels: integer
-        array). ``params`` optionally overrides parameter values with :class:`Value` triples
-        (used by training); by default parameters come from :meth:`initial_params`.
+        array; 0-d values and Python scalars are 0-d inputs). ``params`` optionally overrides
+        parameter values with :class:`Value` triples (used by training; a key that is not a
+        parameter of the graph is a ``ValueError``); by default parameters come from
+        :meth:`initial_params`.
         """
         from ..ops.accumulate import check_order
         check_order(order)
@@ -275,6 +285,9 @@ class Graph:
         if unknown:
             raise ValueError(f"inputs: {unknown[0]!r} is not an input node of the graph")
         params = dict(params or {})
+        stray = [k for k in params if k not in self.nodes or self.nodes[k].kind != "param"]
+        if stray:
+            raise ValueError(f"params: {stray[0]!r} is not a parameter of the graph")
         rt: dict[str, Any] = {}
         sp: dict[str, Interval] | None = {} if spec else None
         ep: dict[str, np.ndarray] | None = {} if bounds else None
@@ -288,17 +301,16 @@ class Graph:
                     v = label_value(inputs[n], spec, bounds)
                 elif node.kind == "data":
                     v = leaf_value(fmt, inputs[n], spec, bounds)
-                else:
-                    if n in params:
-                        v = Value(*params[n])
-                        checks.format_value("runtime value", v.runtime, fmt)
-                    else:
-                        v = leaf_value(fmt, node.value, spec, bounds)
+                elif node.kind == "param" and n in params:
+                    v = Value(*params[n])
+                    checks.format_value("runtime value", v.runtime, fmt)
                     if (spec and v.spec is None) or (bounds and v.eps is None):
                         raise ValueError("parameter state lacks spec or eps")
+                else:
+                    v = leaf_value(fmt, node.value, spec, bounds)
             except (ValueError, TypeError, ZeroDivisionError) as e:
                 raise ValueError(f"node {n!r} ({node.op or node.kind}): {e}") from e
-            rt[n] = v.runtime
+            rt[n] = np.asarray(v.runtime)
             if spec:
                 sp[n] = v.spec
             if bounds:

@@ -54,7 +54,7 @@ def inf_reason(graph, name: str, runtime, eps, fmt: Format, gradient: bool = Fal
         return (f"runtime {what} reaches ±max_finite of {fmt}{where}: the exact value may be "
                 f"larger")
     node = graph.nodes[name]
-    if node.kind in ("data", "param"):
+    if node.kind in ("data", "param", "const"):
         if gradient:
             return "infinite bound of a gradient contribution from a consumer"
         return f"rounding the {node.kind} overflows {fmt}{where}"

@@ -13,12 +13,13 @@ topological order of the consumers, then input position), the spec adds them exa
 bound is :func:`~nfbound.bounds.ctx.ctx_add_bound` ``ε_a + ε_b + r`` (TorchLean
 ``approxCtx_add``). A single contribution is taken as is — no ``+ 0`` is performed, so no
 rounding is charged (TorchLean ``set3IdxNe``). A node no contribution reaches has gradient
-exactly 0 on every path.
+exactly 0 on every path. Gradients have their value's shape, 0-d ones included.
 
 Soundness (TorchLean ``backprop_approx``): by induction over the reverse order, every
 contribution satisfies ``|ĝ_i − g_i| ≤ ε_i`` (the VJP bound rules are sound given sound forward
 bounds of the inputs and a sound upstream bound), and the context addition preserves it.
-The seed gradient of the loss is exactly 1 on every path.
+The seed gradient of the loss is 1: its runtime ``RN(1)`` with the error ``|RN(1) − 1|`` (0 but in
+formats without 1, e.g. fixed point with a quantum above 1), taken as a leaf.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from ..bounds.ctx import ctx_add_bound
 from ..formats import Format
 from ..ops.interval import Interval
 from ..ops import checks
-from .forward import (ForwardResult, Graph, Value, _disable, op_params, primitive,
+from .forward import (ForwardResult, Graph, Value, _disable, leaf_value, op_params, primitive,
                       refuse_overflowed)
 
 
@@ -79,9 +80,7 @@ def backward(graph: Graph, fmt: Format, result: ForwardResult, loss: str | None 
     if graph.nodes[loss].kind == "label":
         raise ValueError(f"loss: node {loss!r} is a label (not differentiable)")
 
-    grads: dict[str, Value] = {
-        loss: Value(fmt.round(np.ones(shape)), Interval.exact(np.ones(shape)) if spec else None,
-                    np.zeros(shape) if bounds else None)}
+    grads: dict[str, Value] = {loss: leaf_value(fmt, np.ones(shape), spec, bounds)}
     topo = graph.topological_order()
     reverse = topo[::-1]
     for n in tqdm(reverse, desc=f"backward {fmt}", disable=_disable(progress), leave=False):
@@ -102,10 +101,10 @@ def backward(graph: Graph, fmt: Format, result: ForwardResult, loss: str | None 
                                  f"shape {np.shape(c.runtime)}, input {np.shape(result.runtime[i])}")
             grads[i] = c if i not in grads else _accumulate(fmt, grads[i], c, spec, bounds)
     for n in topo:
-        if n not in grads and graph.nodes[n].kind in ("data", "param"):
+        if n not in grads and graph.nodes[n].kind in ("data", "param", "const"):
             grads[n] = zero_gradient(fmt, np.shape(result.runtime[n]), spec, bounds)
     keep = [n for n in topo if n in grads]
-    return BackwardResult(graph, fmt, loss, {n: grads[n].runtime for n in keep},
+    return BackwardResult(graph, fmt, loss, {n: np.asarray(grads[n].runtime) for n in keep},
                           {n: grads[n].spec for n in keep} if spec else None,
                           {n: np.asarray(grads[n].eps, dtype=np.float64) for n in keep}
                           if bounds else None)
@@ -142,7 +141,7 @@ def _vjp(fmt: Format, node, result: ForwardResult, g: Value, spec: bool, bounds:
 
 @dataclass
 class BackwardResult:
-    """Gradients of ``loss`` w.r.t. every node reached (and every data input and parameter)."""
+    """Gradients of ``loss`` w.r.t. every node reached (and every leaf but labels)."""
 
     graph: Graph
     fmt: Format

@@ -392,7 +392,10 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
     ``batches[k % len(batches)]`` (a dict of graph inputs; a single dict is used every step).
 
     Each step: forward and backward on the three paths, then the optimizer update of every
-    parameter. Returns per step the loss, the updated parameters' runtime/spec/eps and (with
+    parameter of the graph (:attr:`Graph.params`: a model's constants are never updated).
+    ``params`` optionally gives the starting state of every parameter (:class:`Value`
+    triples, keyed by exactly the graph's parameters); by default it is
+    :meth:`Graph.initial_params`. Returns per step the loss, the updated parameters' runtime/spec/eps and (with
     ``spec`` and ``bounds``) the exact enclosure verdicts of the step's forward values and
     gradients (:class:`StepResult`). ``progress`` drives one bar over the steps (silent off a
     terminal by default); the passes inside a step show none.
@@ -408,7 +411,14 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
     for name in ("init", "update"):
         if not callable(getattr(optimizer, name, None)):
             raise ValueError(f"optimizer must provide {name}() (SGD, Momentum, AdamW)")
-    state_p = dict(params) if params is not None else graph.initial_params(fmt, spec, bounds)
+    if params is None:
+        state_p = graph.initial_params(fmt, spec, bounds)
+    else:
+        state_p = dict(params)
+        missing = [n for n in graph.params if n not in state_p]
+        if missing:
+            raise ValueError(f"params: no state for parameter {missing[0]!r} (it would not be "
+                             f"trained)")
     opt_state = {n: optimizer.init(fmt, v, spec, bounds) for n, v in state_p.items()}
     out = TrainResult()
     for k in tqdm(range(steps), desc=f"train {fmt}", disable=_disable(progress), leave=False):

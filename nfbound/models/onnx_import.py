@@ -5,9 +5,15 @@ Supported node types: ``Conv``, ``ConvTranspose``, ``Gemm`` (``alpha = beta = 1`
 ``MatMul`` followed by ``Add`` of an initializer (merged into one ``linear``; otherwise
 ``matmul``/``add``), ``Relu``, ``Tanh``, ``Sigmoid``, ``Softplus``, ``MaxPool``,
 ``AveragePool``, ``Flatten``, ``Reshape``, ``Softmax``, ``Identity``/``Dropout`` (identity), and
-``Constant`` nodes feeding those, all in the standard ``ai.onnx`` domain. Initializers and
-``Constant`` tensors used as operands become parameters (float64). Weights of ``Conv``,
-``ConvTranspose`` and ``Gemm`` must be initializers or constants. Anything else — an
+``Constant`` nodes feeding those, all in the standard ``ai.onnx`` domain. Initializers used as
+operands become trainable parameters (ONNX marks none as frozen; PyTorch's exporter writes the
+model's parameters as initializers), ``Constant`` tensors become constants (never trained);
+both are held as float64. Weights of ``Conv``, ``ConvTranspose`` and ``Gemm`` must be
+initializers or constants; a missing bias (``Conv``/``ConvTranspose`` without ``B``, ``Gemm``
+without ``C``) stays absent. An ``Identity`` of an initializer is that initializer (PyTorch's
+exporter ties a weight shared by two layers so): one parameter. Stated limit: an initializer
+used both as a weight that ``linear`` takes transposed (``MatMul``, ``Gemm`` with
+``transB = 0``) and as it is elsewhere becomes two parameters, which training unties. Anything else — an
 unsupported op, a custom domain, attributes the op does not take (ONNX ``Softplus`` has none:
 it is the exact ``log(1 + e^x)``), a malformed node — raises ``ValueError`` naming the node and
 its op type.
@@ -65,6 +71,9 @@ class _Importer:
         self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.consts: dict[str, np.ndarray] = {}
         self.env: dict[str, str] = {}
+        # Identity/Dropout outputs of an initializer or Constant → that tensor's name: an alias
+        # is the same tensor (the exporter ties a weight shared by two layers this way)
+        self.alias: dict[str, str] = {}
         self.shapes: dict[str, tuple] = {}
         try:
             inferred = onnx.shape_inference.infer_shapes(model)
@@ -86,21 +95,27 @@ class _Importer:
 
     def tensor(self, name: str, node, layer) -> str:
         """The graph name of the ONNX value ``name``: a node's output, or an initializer /
-        ``Constant`` tensor turned into a parameter on first use."""
+        ``Constant`` tensor turned into a leaf (:meth:`leaf`) on first use."""
         if name in self.env:
             return self.env[name]
         if name in self.inits or name in self.consts:
-            value = self.inits[name] if name in self.inits else self.consts[name]
-            if value.dtype.kind not in "fiu":
-                self.fail(node, layer, f"input {name!r} has dtype {value.dtype}, not numeric")
-            self.env[name] = self.prog.add_param(name, value.astype(np.float64))
+            self.env[name] = self.leaf(name, self.constant(name, node, layer), node, layer)
             return self.env[name]
         self.fail(node, layer, f"input {name!r} is not produced by a supported node")
 
+    def leaf(self, source: str, value: np.ndarray, node, layer, name: str | None = None) -> str:
+        """The initializer or ``Constant`` ``source`` as a program leaf named ``name``
+        (default ``source``) holding ``value`` (its value, or a transposed copy): a trainable
+        parameter for an initializer, a constant for a ``Constant``."""
+        if value.dtype.kind not in "fiu":
+            self.fail(node, layer, f"input {source!r} has dtype {value.dtype}, not numeric")
+        add = self.prog.add_param if source in self.inits else self.prog.add_const
+        return add(source if name is None else name, value.astype(np.float64))
+
     def weight(self, name: str, node, layer) -> str:
-        """A parameter operand (an initializer or a ``Constant``), not a computed tensor."""
+        """A leaf operand (an initializer or a ``Constant``), not a computed tensor."""
         w = self.tensor(name, node, layer)
-        if w not in self.prog.params:
+        if w not in self.prog.params and w not in self.prog.consts:
             self.fail(node, layer, f"the weight {name!r} must be an initializer or a Constant, "
                                    f"not the output of another node")
         return w
@@ -123,17 +138,18 @@ class _Importer:
         strides = tuple(int(s) for s in a.get("strides", [1] * n))
         return strides, tuple(int(p) for p in pads[:n])
 
-    def param_value(self, name):
-        return self.prog.params[name]
+    def leaf_value(self, name: str) -> np.ndarray:
+        return self.prog.params[name] if name in self.prog.params else self.prog.consts[name]
 
     def node(self, node, k: int, nodes, skip: set) -> None:
         op, layer, a = node.op_type, _layer_name(node, k), _attrs(node)
+        src = [self.alias.get(i, i) for i in node.input]   # inputs, aliases resolved
         if node.domain not in ("", "ai.onnx"):
             self.fail(node, layer, f"custom domain {node.domain!r}")
         if not node.output or not node.output[0]:
             self.fail(node, layer, "the node has no output")
         out = node.output[0]
-        if op != "Constant" and (not node.input or not node.input[0]):
+        if op != "Constant" and (not src or not src[0]):
             self.fail(node, layer, "the node has no input")
         if op == "Constant":
             from onnx import numpy_helper
@@ -142,15 +158,18 @@ class _Importer:
             self.consts[out] = numpy_helper.to_array(a["value"])
             return
         if op in ("Identity", "Dropout"):
-            self.env[out] = self.tensor(node.input[0], node, layer)
+            if src[0] in self.inits or src[0] in self.consts:
+                self.alias[out] = src[0]
+            else:
+                self.env[out] = self.tensor(src[0], node, layer)
             return
-        x = self.tensor(node.input[0], node, layer)
+        x = self.tensor(src[0], node, layer)
         step = None
         if op in ("Conv", "ConvTranspose"):
-            if len(node.input) < 2 or not node.input[1]:
+            if len(src) < 2 or not src[1]:
                 self.fail(node, layer, "the weight input is missing")
-            w = self.weight(node.input[1], node, layer)
-            W = self.param_value(w)
+            w = self.weight(src[1], node, layer)
+            W = self.leaf_value(w)
             n = W.ndim - 2
             if n < 1:
                 self.fail(node, layer, f"the weight has {W.ndim} dimensions, expected at least 3")
@@ -159,36 +178,34 @@ class _Importer:
             if op == "ConvTranspose" and (any(v != 0 for v in a.get("output_padding", [])) or "output_shape" in a):
                 self.fail(node, layer, "output_padding/output_shape are not supported")
             stride, padding = self.spatial(node, layer, a, n)
-            if len(node.input) > 2 and node.input[2]:
-                b = self.tensor(node.input[2], node, layer)
-            else:
-                b = self.prog.add_param(f"{layer}.bias", np.zeros(W.shape[1 if op == "ConvTranspose" else 0]))
-            step = self.prog.add_step(layer, "conv" if op == "Conv" else "conv_transpose", (x, w, b),
+            ins = [x, w]
+            if len(src) > 2 and src[2]:
+                ins.append(self.tensor(src[2], node, layer))
+            step = self.prog.add_step(layer, "conv" if op == "Conv" else "conv_transpose", ins,
                                       stride=stride, padding=padding)
         elif op == "Gemm":
             if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0) != 0:
                 self.fail(node, layer, "only alpha=1, beta=1, transA=0 are supported")
-            if len(node.input) < 2:
+            if len(src) < 2:
                 self.fail(node, layer, "the weight input B is missing")
-            wname = node.input[1]
+            wname = src[1]
             if wname not in self.inits and wname not in self.consts:
                 self.fail(node, layer, "the weight B must be an initializer or a Constant")
-            W = (self.inits[wname] if wname in self.inits else self.consts[wname]).astype(np.float64)
+            W = self.constant(wname, node, layer)
             if W.ndim != 2:
                 self.fail(node, layer, f"the weight B has {W.ndim} dimensions, expected 2")
-            if not a.get("transB", 0):
-                W, wname = W.T, f"{wname}.T"
-            ins = [x, self.prog.add_param(wname, W)]
-            if len(node.input) > 2 and node.input[2]:
-                ins.append(self.tensor(node.input[2], node, layer))
+            ins = [x, self.weight(wname, node, layer) if a.get("transB", 0)
+                   else self.leaf(wname, W.T, node, layer, name=f"{wname}.T")]
+            if len(src) > 2 and src[2]:
+                ins.append(self.tensor(src[2], node, layer))
             step = self.prog.add_step(layer, "linear", ins)
         elif op == "MatMul":
-            wname = node.input[1]
+            wname = src[1]
             nxt = next((m for m in nodes[k + 1:] if out in m.input), None)
             if wname in self.inits and self.inits[wname].ndim == 2:
-                ins = [x, self.prog.add_param(f"{wname}.T", self.inits[wname].astype(np.float64).T)]
+                ins = [x, self.leaf(wname, self.inits[wname].T, node, layer, name=f"{wname}.T")]
                 if (nxt is not None and nxt.op_type == "Add" and self.uses.get(out) == 1):
-                    other = [i for i in nxt.input if i != out]
+                    other = [self.alias.get(i, i) for i in nxt.input if i != out]
                     if len(other) == 1 and other[0] in self.inits and self.inits[other[0]].ndim == 1:
                         ins.append(self.tensor(other[0], nxt, layer))
                         skip.add(id(nxt))
@@ -197,7 +214,7 @@ class _Importer:
             else:
                 step = self.prog.add_step(layer, "matmul", (x, self.tensor(wname, node, layer)))
         elif op == "Add":
-            step = self.prog.add_step(layer, "add", (x, self.tensor(node.input[1], node, layer)))
+            step = self.prog.add_step(layer, "add", (x, self.tensor(src[1], node, layer)))
         elif op in ("Relu", "Tanh", "Sigmoid", "Softplus"):
             if a:   # none of them takes an attribute in ai.onnx
                 self.fail(node, layer, f"unexpected attributes {sorted(a)}")
@@ -227,7 +244,7 @@ class _Importer:
             if out in self.shapes:
                 shape = self.shapes[out]
             else:
-                shape = tuple(int(v) for v in self.constant(node.input[1], node, layer))
+                shape = tuple(int(v) for v in self.constant(src[1], node, layer))
                 if 0 in shape:
                     self.fail(node, layer, "shape entries 0 need a static input shape")
             step = self.prog.add_step(layer, "reshape", (x,), shape=tuple(shape))

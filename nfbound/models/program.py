@@ -8,11 +8,16 @@ graph" is a plain comparison of two programs (:meth:`Program.signature`), and
 Conventions shared by the importers:
 
 * the model has one data input, named ``"x"`` in the graph, with a batch dimension first;
-* layer parameters are named as in PyTorch's ``state_dict`` (``"0.weight"``) or ONNX's
-  initializers, held as float64 (``tensor.detach().double()``, exact for float32/16 weights);
+* the trainable parameters (:attr:`Program.params`) are exactly the model's: PyTorch
+  parameters with ``requires_grad`` named as in ``named_parameters()`` (``"0.weight"``), or
+  ONNX initializers (ONNX marks none of them frozen); buffers, frozen parameters and ONNX
+  ``Constant`` tensors are constants (:attr:`Program.consts`: rounded like parameters, never
+  trained). All are held as float64 (``tensor.detach().double()``, exact for float32/16
+  weights), with their own shape (a 0-d tensor stays 0-d);
 * op params are canonical Python values: tuples of ints for stride/padding/kernel sizes;
-* a convolution without bias gets an explicit zero bias (adding 0 is exact: no rounding is
-  charged and the runtime value is unchanged), a linear layer without bias has none.
+* a missing bias stays absent: a convolution, transpose convolution or linear layer without
+  bias is the op without its bias input — never a zero parameter, which training would
+  update although the model has no such parameter.
 """
 from __future__ import annotations
 
@@ -37,20 +42,24 @@ class Step:
 
 @dataclass
 class Program:
-    """Parameters (ordered) and steps (topological order) of an imported model.
+    """Parameters and constants (ordered) and steps (topological order) of an imported model.
 
-    ``input_shape``: the input's shape as the model declares it (batch dimension first; a
-    symbolic batch dimension taken as 1), ``None`` when unknown (PyTorch modules declare none).
+    ``params`` are trained by :func:`nfbound.graph.train`, ``consts`` never are (see the module
+    docstring). ``input_shape``: the input's shape as the model declares it (batch dimension
+    first; a symbolic batch dimension taken as 1), ``None`` when unknown (PyTorch modules
+    declare none).
     """
 
     params: dict[str, np.ndarray] = field(default_factory=dict)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     output: str = INPUT
     source: str = ""
     input_shape: tuple[int, ...] | None = None
 
     def _names(self) -> set[str]:
-        return {INPUT, LABELS, LOSS} | set(self.params) | {s.name for s in self.steps}
+        return ({INPUT, LABELS, LOSS} | set(self.params) | set(self.consts)
+                | {s.name for s in self.steps})
 
     def fresh(self, base: str) -> str:
         """``base`` or ``base_1``, ``base_2``, … : a name not used yet."""
@@ -61,12 +70,22 @@ class Program:
         return name
 
     def add_param(self, name: str, value) -> str:
-        if name in self.params:
-            if not np.array_equal(self.params[name], value):
-                raise ValueError(f"parameter {name!r} defined twice with different values")
+        """A trainable parameter ``name`` (the name it gets is returned: ``name``, or a fresh
+        one if a step or constant already uses it); adding the same parameter again returns
+        its name."""
+        return self._add_leaf(self.params, "parameter", name, value)
+
+    def add_const(self, name: str, value) -> str:
+        """A constant ``name``: a leaf like a parameter, but never trained."""
+        return self._add_leaf(self.consts, "constant", name, value)
+
+    def _add_leaf(self, table: dict, what: str, name: str, value) -> str:
+        if name in table:
+            if not np.array_equal(table[name], value):
+                raise ValueError(f"{what} {name!r} defined twice with different values")
             return name
         name = name if name not in self._names() else self.fresh(name)
-        self.params[name] = np.ascontiguousarray(np.asarray(value, dtype=np.float64))
+        table[name] = np.array(value, dtype=np.float64, order="C")   # a copy; 0-d stays 0-d
         return name
 
     def add_step(self, name: str, op: str, inputs, **params) -> str:
@@ -77,8 +96,9 @@ class Program:
 
     def signature(self) -> list[tuple]:
         """Name-free description: ``(op, params, input kinds)`` per step, where an input is
-        ``("x",)``, ``("step", k)`` (the k-th step) or ``("param", shape, bytes)`` — two
-        programs with equal signatures compute the same function with the same numbers."""
+        ``("x",)``, ``("step", k)`` (the k-th step), ``("param", shape, bytes)`` or
+        ``("const", shape, bytes)`` — two programs with equal signatures compute the same
+        function with the same numbers, and train the same parameters."""
         index = {s.name: k for k, s in enumerate(self.steps)}
         out = []
         for s in self.steps:
@@ -89,8 +109,9 @@ class Program:
                 elif i in index:
                     kinds.append(("step", index[i]))
                 else:
-                    p = self.params[i]
-                    kinds.append(("param", p.shape, p.tobytes()))
+                    kind, p = ("param", self.params[i]) if i in self.params \
+                        else ("const", self.consts[i])
+                    kinds.append((kind, p.shape, p.tobytes()))
             out.append((s.op, tuple(sorted(s.params.items())), tuple(kinds)))
         return out
 
@@ -107,6 +128,8 @@ class Program:
         g.input(INPUT)
         for name, value in self.params.items():
             g.param(name, value)
+        for name, value in self.consts.items():
+            g.const(name, value)
         for s in self.steps:
             g.op(s.op, *s.inputs, name=s.name, **s.params)
         if loss is None:

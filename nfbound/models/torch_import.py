@@ -12,6 +12,11 @@ Supported (anything else raises ``ValueError`` naming the layer and its type/op)
 * methods: ``x.view``, ``x.reshape``, ``x.flatten``, ``x.relu``, ``x.tanh``, ``x.sigmoid``,
   ``x.softmax``, ``x.size`` (only to compute a view shape).
 
+Parameters: every ``nn.Parameter`` with ``requires_grad`` is a trainable parameter of the
+program, named as in ``named_parameters()`` (one parameter per tensor: tied weights stay
+tied); buffers and frozen parameters are constants (never trained); a layer without bias has no
+bias input (see :mod:`nfbound.models.program`).
+
 Limits, stated: dilation ≠ 1, groups ≠ 1, ``ceil_mode=True``, string padding, ``output_padding``
 ≠ 0 are rejected. ``Softplus`` is imported as the exact ``log(1 + e^x)``: PyTorch's default
 ``threshold`` shortcut (returns ``x`` where ``x > 20``) differs from it by less than
@@ -68,6 +73,9 @@ class _Importer:
         self.shapes = shapes              # fx node name -> output shape (from the example run)
         self.prog = Program(source="torch")
         self.env: dict[str, object] = {}  # fx node name -> graph name (or a Python constant)
+        # each model tensor under one name, its first in named_parameters()/named_buffers():
+        # a tensor shared by two layers (tied weights) is one parameter, as in PyTorch
+        self.names = {id(t): n for n, t in [*gm.named_buffers(), *gm.named_parameters()]}
 
     # -- helpers -----------------------------------------------------------------------------
     def ref(self, a, layer: str):
@@ -88,7 +96,14 @@ class _Importer:
         return a
 
     def param(self, name: str, tensor) -> str:
-        return self.prog.add_param(name, _np(tensor))
+        """The leaf for the model tensor ``name`` (named as in ``named_parameters()``): a
+        trainable parameter if it is an ``nn.Parameter`` with ``requires_grad`` (what a PyTorch
+        optimizer updates), else (a buffer, a frozen parameter) a constant."""
+        import torch.nn as nn
+        name = self.names.get(id(tensor), name)
+        if isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+            return self.prog.add_param(name, _np(tensor))
+        return self.prog.add_const(name, _np(tensor))
 
     def nd(self, layer: str, kind: str, x_node) -> int:
         shape = self.shapes.get(x_node.name) if hasattr(x_node, "name") else None
@@ -102,10 +117,8 @@ class _Importer:
         if transpose:
             _require(_tuple(output_padding, n, "output_padding", layer) == (0,) * n, layer, kind,
                      "output_padding must be 0")
-        if bias is None:
-            out_ch = self.prog.params[weight].shape[1 if transpose else 0]
-            bias = self.prog.add_param(f"{layer}.bias", np.zeros(out_ch))
-        return self.prog.add_step(layer, "conv_transpose" if transpose else "conv", (x, weight, bias),
+        ins = (x, weight) if bias is None else (x, weight, bias)
+        return self.prog.add_step(layer, "conv_transpose" if transpose else "conv", ins,
                                   stride=_tuple(stride, n, "stride", layer),
                                   padding=_tuple(padding, n, "padding", layer))
 

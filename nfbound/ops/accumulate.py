@@ -17,7 +17,8 @@ rounding terms, evaluated with upward rounding. Orders:
 * ``"blocked:B"``: sequential inside consecutive blocks of ``B`` terms, then sequential over the
   block sums.
 
-:func:`order_free_bound` bounds a sum computed in *any* order (any tree, blocking, FMA).
+:func:`order_free_bound` bounds a sum computed in *any* order (any tree, blocking, FMA), with
+the underflow term of the format's subnormal mode (``Format.underflow_term``).
 
 These are helpers of the reduction rules (no primitive here): the terms are runtime values of
 the format, computed or checked by the caller. Overflow: a partial sum that overflows (±inf,
@@ -111,17 +112,61 @@ def gamma_up(fmt: Format, n: int) -> float:
     return float(up(nu / float(np.nextafter(1.0 - nu, 0.0))))
 
 
-def order_free_bound(fmt: Format, abs_terms_sum, n: int, eps_sum) -> np.ndarray:
-    """Bound of a sum of ``n`` runtime terms computed in *any* order (tree, blocked, FMA).
+def gamma(fmt: Format, n: int) -> float:
+    """Upper bound of ``γ_n = (1 + u)^n − 1`` for ``fmt`` (0 for fixed point, where rounding
+    is purely absolute: ``RN(z) = z + θ``, ``|θ| ≤ η``). Raises for a custom exponent function
+    without a declared precision (no relative error model)."""
+    if fmt.precision is None:
+        if fmt.fexp.kind == "FIX":
+            return 0.0
+        raise ValueError(f"format {fmt} has no precision: order-free bounds need a unit roundoff")
+    return gamma_up(fmt, n)
 
-    ``|fl(Σ t̂) − Σ t| ≤ γ_{n−1}·Σ|t̂| + (n − 1)·η + Σ ε_k``: the first term is TorchLean's
-    ``Reductions/Tree`` bound (each of the at most ``n − 1`` additions on the path of a term
-    multiplies it by some ``(1 + δ)``, ``|δ| ≤ u``) valid in the normal range; every addition
-    may in addition err by ``η`` in the subnormal range (Flocq ``relative_error_N_FLT``:
-    ``RN(z) = z(1 + δ) + θ``, ``|θ| ≤ η``); the last term propagates the term errors.
+
+def order_free_bound(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool):
+    """``(bound, Z)`` for a sum of ``m ≥ 1`` leaves evaluated in *any* way.
+
+    The leaves ``ℓ_j`` are runtime format values (``products=False``) or exact products
+    ``â_j b̂_j`` of them (``products=True``); ``abs_sum ≥ Σ|ℓ_j|`` and ``eps_sum`` bounds
+    ``|Σ ℓ_j − Σ spec_j|`` (``Σ ε_j``, or the propagated ``Σ |â|ε_b + |b̂|ε_a + ε_aε_b``).
+
+    Model. Any binary tree of roundings: each product rounded alone or absorbed by an FMA (one
+    rounding of ``â b̂ + s``), partial sums added in any order, blocking, several accumulators
+    (``0 + v`` is exact), in ``fmt`` or in a format at least as precise (``u' ≤ u`` and
+    underflow term ``τ' ≤ τ``), converted to ``fmt`` at most once at the end. Every rounding
+    satisfies ``RN(z) = z(1 + δ) + θ`` with ``|δ| ≤ u`` and ``|θ| ≤ τ = fmt.underflow_term``:
+
+    * gradual underflow, ``τ = η`` (Flocq ``relative_error_N_FLT``); an *addition* then has
+      ``θ = 0``: a sum of two values of a format that lies below ``b_min`` is itself a value
+      of the format (Hauser), above it the relative model holds;
+    * flush modes, ``τ = b_min``: a flushed result is ``0 = z − z`` with ``|z| < b_min`` in every
+      tininess convention (``δ = 0``, ``θ = −z``), additions included; a subnormal intermediate
+      ``ŝ = RN(z)`` read as 0 by a DAZ operation is ``0 = z − z`` with ``|z| ≤ |ŝ| + η ≤ b_min``,
+      a ``θ`` of the rounding that made it.
+
+    Unrolling the tree, ``ŷ = Σ_j ℓ_j Π_{ν ∈ path(j)} (1 + δ_ν) + Σ_ν θ_ν Π_{μ above ν} (1 + δ_μ)``.
+    A leaf's path has at most ``L`` roundings — its product rounding or FMA (``products``), at
+    most ``m − 1`` additions, the final conversion: ``L = m + 1`` (products) or ``m`` — so
+    ``|Π(1 + δ) − 1| ≤ γ_L`` (Higham, Lemma 3.1), and above any rounding at most ``L − 1``
+    remain. The roundings that may carry a ``θ`` number at most ``K``: the ``m`` product
+    roundings (products), the final conversion, and in the flush modes the ``m − 1`` additions.
+    Hence, with the input errors,
+
+        |ŷ − Σ spec_j| ≤ γ_L·Σ|ℓ_j| + K·τ·(1 + γ_{L−1}) + eps_sum,
+
+    valid when no rounding overflows. ``Z = (1 + γ_L)·Σ|ℓ_j| + K·τ·(1 + γ_{L−1})`` bounds the
+    exact operand of every rounding (the same unrolling over a subtree): callers return ``inf``
+    where ``Z > max_finite`` (``reduce.overflow_guard``). Fixed point: ``γ = 0``. ``γ_L = inf``
+    once ``L·u ≥ 1``: the bound is then vacuous.
     """
-    g = gamma_up(fmt, n - 1)
-    return add_up(mul_up(g, abs_terms_sum), mul_up(max(n - 1, 0), fmt.eta), eps_sum)
+    L = m + 1 if products else m
+    K = (m if products else 0) + 1 + (0 if fmt.subnormals == "gradual" else m - 1)
+    g, g1 = gamma(fmt, L), gamma(fmt, L - 1)
+    theta = mul_up(float(K), fmt.underflow_term)
+    theta = add_up(theta, mul_up(theta, g1))
+    S = np.asarray(abs_sum, dtype=np.float64)
+    gs = mul_up(g, S)
+    return add_up(gs, theta, eps_sum), add_up(S, gs, theta)
 
 
 def _is_zero(x) -> np.ndarray:

@@ -42,7 +42,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from ..formats.fast import NEAREST_EVEN, OVF_NAN, OVF_SATURATE, op_scalar
+from ..formats.fast import FTZ, NEAREST_EVEN, OVF_NAN, OVF_SATURATE, op_scalar, smallest_normal
 
 _inline = numba.njit(cache=True, nogil=True, inline="always")   # small helpers: IR-inlined
 _call = numba.njit(cache=True, nogil=True)                       # a real call (rare paths)
@@ -100,17 +100,20 @@ def add_step(acc, t):
 
 
 @_inline
-def rounding_term(z, exact, p, emin, max_finite, nearest, saturates):
+def rounding_term(z, exact, p, emin, max_finite, rounding, nearest, saturates):
     """:func:`nfbound.bounds.rounding.rounding_term` of one runtime result ``z`` (FLT formats):
     ``ulp(z)/2`` (at least ``2^−1074``) or ``ulp(z)`` with ``ulp(z) = 2^max(mag(z) − p, emin)``
-    (``2^emin`` at 0), ``inf`` if ``z`` is not finite or a saturated ``±max_finite``, 0 if the
-    op was exact."""
+    (``2^emin`` at 0), ``b_min`` for ``|z| < b_min`` when ``rounding`` carries a subnormal
+    flag (``Format.underflow_term``), ``inf`` if ``z`` is not finite or a saturated
+    ``±max_finite``, 0 if the op was exact."""
     if exact:
         return 0.0
     if not math.isfinite(z):
         return math.inf
     if saturates and abs(z) == max_finite:
         return math.inf
+    if rounding >= FTZ and abs(z) < smallest_normal(p, emin):
+        return smallest_normal(p, emin)
     E = (_f2i(z) & _ABS) >> 52
     if E != 0:                      # normal binary64: mag(z) = E − 1022, no libm call
         c = max(E - 1022 - p, emin)
@@ -311,7 +314,7 @@ def _product(a, ea, w, ew, with_bound, p, emin, max_finite, rounding, overflow, 
     t = mul(a, w, p, emin, max_finite, rounding, overflow, simple)
     if not with_bound:
         return t, 0.0
-    r = rounding_term(t, a == 0.0 or w == 0.0, p, emin, max_finite, nearest, saturates)
+    r = rounding_term(t, a == 0.0 or w == 0.0, p, emin, max_finite, rounding, nearest, saturates)
     et = add_step(add_step(add_step(mul_up(abs(a), ew), mul_up(abs(w), ea)), mul_up(ea, ew)), r)
     return t, (math.inf if et != et else et)
 
@@ -325,7 +328,8 @@ def _accumulate(started, s, e, t, et, with_bound, p, emin, max_finite, rounding,
         return t, et
     s2 = add(s, t, p, emin, max_finite, rounding, overflow, simple)
     if with_bound:
-        r = rounding_term(s2, s == 0.0 or t == 0.0, p, emin, max_finite, nearest, saturates)
+        r = rounding_term(s2, s == 0.0 or t == 0.0, p, emin, max_finite, rounding, nearest,
+                          saturates)
         e = add_step(add_step(e, et), r)
     return s2, e
 

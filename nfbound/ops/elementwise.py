@@ -385,11 +385,13 @@ def sub_bound(fmt: Format, xs, eps):
     """``ε_x + ε_y + r``, ``r = rounding_term(RN(x̂ − ŷ))``; the subtraction is exact (``r = 0``)
     when ``x̂ = 0`` (result ``−ŷ``), ``ŷ = 0`` (result ``x̂``) or by Sterbenz's lemma
     (:func:`_sterbenz`; includes ``x̂ = ŷ``) — the catastrophic-cancellation case, where the
-    bound is then the input errors alone."""
+    bound is then the input errors alone. Sterbenz's difference is a value of the format, but
+    one below ``b_min`` is flushed to 0 in the FTZ modes: a zero result counts as exact only
+    for ``x̂ = ŷ``."""
     x, y = _binary(fmt, *xs)
     ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
     z = fmt.sub(x, y)
-    exact = _zero(x) | _zero(y) | _sterbenz(fmt, x, y)
+    exact = _zero(x) | _zero(y) | (_sterbenz(fmt, x, y) & (~_zero(z) | (x == y)))
     return add_up(ex, ey, rounding_term(fmt, z, exact))
 
 

@@ -39,10 +39,23 @@ def exact_array(x) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Interval:
-    """An enclosure ``lo ≤ x ≤ hi`` of a tensor of reals (object arrays of ``mpq``)."""
+    """An enclosure ``lo ≤ x ≤ hi`` of a tensor of reals (object arrays of ``mpq``).
+
+    The endpoints are always arrays, also for a 0-d tensor: NumPy returns a bare scalar from
+    arithmetic on 0-d object arrays, so an endpoint that is not an ``ndarray`` is wrapped in
+    one (the same array for both endpoints when they are the same object: ``lo is hi`` marks
+    an exact interval)."""
 
     lo: np.ndarray
     hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lo, np.ndarray) and isinstance(self.hi, np.ndarray):
+            return
+        lo = _as_array(self.lo)
+        hi = lo if self.hi is self.lo else _as_array(self.hi)
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
 
     @classmethod
     def exact(cls, x) -> "Interval":
@@ -69,12 +82,12 @@ class Interval:
 
     @property
     def mid(self) -> np.ndarray:
-        return self.lo if self.lo is self.hi else (self.lo + self.hi) / 2
+        return self.lo if self.lo is self.hi else _as_array((self.lo + self.hi) / 2)
 
     @property
     def rad(self) -> np.ndarray:
         """Half-width (exact, object array); zeros for an exact interval."""
-        return (self.hi - self.lo) / 2
+        return _as_array((self.hi - self.lo) / 2)
 
     def __getitem__(self, idx) -> "Interval":
         if self.lo is self.hi:
@@ -190,6 +203,11 @@ class Interval:
     def to_float(self) -> np.ndarray:
         """The midpoint as float64 (rounded to nearest), for display and comparisons."""
         return np.asarray(_to_float(self.mid), dtype=np.float64).reshape(self.shape)
+
+
+def _as_array(v) -> np.ndarray:
+    """An endpoint as an ``ndarray`` (a bare scalar becomes a 0-d object array)."""
+    return v if isinstance(v, np.ndarray) else np.asarray(v, dtype=object)
 
 
 def _coerce(x) -> Interval:

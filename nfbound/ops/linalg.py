@@ -54,13 +54,13 @@ import numpy as np
 from ..bounds.rounding import _saturates
 from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
-from ..formats.fast import _ABS, _bits, _from_bits, op_scalar
+from ..formats.fast import _ABS, FTZ, _bits, _from_bits, op_scalar, smallest_normal
 from . import checks
 from .accumulate import check_order, order_free_bound, rounded_add
 from .elementwise import mul_error
 from .interval import Interval, exact_array
 from .primitive import Primitive, register
-from .reduce import (_check_bool, _zeros_like_runtime, gamma, order_free_sum_bound,
+from .reduce import (_check_bool, _zeros_like_runtime, order_free_sum_bound,
                      overflow_guard, stream_reduce)
 
 
@@ -77,11 +77,12 @@ def _op(op, a, b, p, emin, mx, rnd, ovf, simple):
 
 
 @numba.njit(cache=True, nogil=True)
-def _rounding_term(t, p, emin, mx, nearest, saturates):
+def _rounding_term(t, p, emin, mx, rnd, nearest, saturates):
     """``bounds.rounding.rounding_term`` for one value of an FLT format that fits binary64:
     ``ulp(t)/2`` (nearest) or ``ulp(t)`` (directed) with ``ulp(t) = 2^max(mag(t) − p, emin)``
-    and ``ulp(0) = 2^emin``; ``inf`` for a non-finite ``t`` or a saturated
-    ``|t| = max_finite``.
+    and ``ulp(0) = 2^emin``; ``b_min`` for ``|t| < b_min`` when the rounding code ``rnd``
+    carries a subnormal flag (``Format.underflow_term``); ``inf`` for a non-finite ``t`` or a
+    saturated ``|t| = max_finite``.
 
     ``ulp`` is the exact power of two built from the exponent field: ``mag(t) = E − 1022``
     for a normal binary64 ``t`` with biased exponent ``E``; a binary64 subnormal or zero ``t``
@@ -96,6 +97,8 @@ def _rounding_term(t, p, emin, mx, nearest, saturates):
         return math.inf
     if saturates and abs(t) == mx:
         return math.inf
+    if rnd >= FTZ and abs(t) < smallest_normal(p, emin):
+        return smallest_normal(p, emin)
     c = emin
     if E != 0:
         c = max(E - 1022 - p, emin)
@@ -167,7 +170,7 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
                     ex = EBT[b, col, j]
                     rt = 0.0
                     if a != 0.0 and x != 0.0:
-                        rt = _rounding_term(t, p, emin, mx, nearest, saturates)
+                        rt = _rounding_term(t, p, emin, mx, rnd, nearest, saturates)
                     et = _mul_up(abs(a), ex)
                     et = _add_step(et, _mul_up(abs(x), ea))
                     et = _add_step(et, _mul_up(ea, ex))
@@ -182,7 +185,7 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
                     if with_bound:
                         ra = 0.0
                         if s != 0.0 and t != 0.0:
-                            ra = _rounding_term(s2, p, emin, mx, nearest, saturates)
+                            ra = _rounding_term(s2, p, emin, mx, rnd, nearest, saturates)
                         e = _add_step(_add_step(e, et), ra)
                     s = s2
             C[b, i, col] = s
@@ -265,43 +268,25 @@ def _mm3(fmt: Format, A, EA, B, EB, order: str = "sequential", need_bound: bool 
 
 def order_free_dot_bound(fmt: Format, abs_products_sum, n: int, eps_sum) -> np.ndarray:
     """Bound of ``Σ_{j<n} â_j b̂_j`` evaluated in *any* way (any order or tree, blocking, FMA,
-    wider intermediate formats) against the spec ``Σ a_j b_j``, given upper bounds
-    ``S ≥ Σ|â_j b̂_j|`` and ``P ≥ Σ (|â_j|ε_{b_j} + |b̂_j|ε_{a_j} + ε_{a_j}ε_{b_j})``. With
-    ``N = n + 1``:
+    wider intermediate formats converted once at the end) against the spec ``Σ a_j b_j``,
+    given upper bounds ``S ≥ Σ|â_j b̂_j|`` and ``P ≥ Σ (|â_j|ε_{b_j} + |b̂_j|ε_{a_j} +
+    ε_{a_j}ε_{b_j})`` (``|â b̂ − a b| ≤ |â|ε_b + |b̂|ε_a + ε_aε_b``). With ``N = n + 1``:
 
-        |ŷ − Σ a b| ≤ γ_N·S + N·η·(1 + γ_{N−1}) + P        (when no rounding overflows)
+        |ŷ − Σ a b| ≤ γ_N·S + K·τ·(1 + γ_{N−1}) + P        (when no rounding overflows)
 
-    Model: every rounding is to ``fmt`` or to a format at least as precise (``u' ≤ u``,
-    ``η' ≤ η``), ``RN(z) = z(1 + δ) + θ`` with ``|δ| ≤ u``, ``|θ| ≤ η`` (Flocq
-    ``relative_error_N_FLT``). The exact product ``p_j = â_j b̂_j`` meets at most ``N``
-    roundings on its way to the result: its own rounding or the FMA absorbing it, at most
-    ``n − 1`` additions of a binary tree with ``n`` leaves, and a final conversion to ``fmt``
-    when the accumulator is wider. So ``Σ p_j Π(1 + δ)`` differs from ``Σ p_j`` by at most
-    ``γ_N Σ|p_j|`` (Higham, Lemma 3.1). Only roundings involving a product (a product rounded
-    alone or an FMA: at most ``n``) and the final conversion carry a ``θ``: an addition of two
-    values of a format is exact in its subnormal range (Hauser), ``θ = 0``. Each ``θ`` is then
-    multiplied by at most ``N − 1`` factors ``(1 + δ)``. ``P`` propagates the input errors:
-    ``|â b̂ − a b| ≤ |â|ε_b + |b̂|ε_a + ε_aε_b``. Overflow: the exact operand of every rounding
-    is at most ``Z = (1 + γ_N)S + Nη(1 + γ_{N−1})`` in magnitude; where ``Z > max_finite``
-    the bound is ``inf`` (:func:`~nfbound.ops.reduce.overflow_guard`) — otherwise a
+    — ``accumulate.order_free_bound`` over the ``n`` exact products (its proof): a product
+    meets at most ``N`` roundings (its own or the FMA's, ``n − 1`` additions, a final
+    conversion); ``τ = fmt.underflow_term`` and ``K = N`` in gradual underflow (the product
+    roundings and the conversion: additions are exact below ``b_min``), ``K = 2n`` in the flush
+    modes (the additions too). ``inf`` where the exact operand of some rounding could exceed
+    the largest finite value (:func:`~nfbound.ops.reduce.overflow_guard`) — otherwise a
     saturating format could hide an overflow. ``γ_N = inf`` once ``N·u ≥ 1`` (bfloat16 from
-    ``n = 255``, float8_e4m3fn from ``n = 15``): the bound is then vacuous.
-
-    Written as ``accumulate.order_free_bound`` over ``N + 1`` "terms" (``γ_N·S + N·η + X``)
-    with ``X = P + N·η·γ_{N−1}``. Fixed point (no precision): ``γ = 0``, only the ``θ``'s.
+    ``n = 255``, float8_e4m3fn from ``n = 15``): the bound is then vacuous. Fixed point (no
+    precision): ``γ = 0``, only the ``θ``'s.
     """
     if n <= 0:
         return np.asarray(eps_sum, dtype=np.float64) + 0.0
-    N = n + 1
-    g1 = gamma(fmt, N - 1)
-    theta = mul_up(float(N), fmt.eta)
-    extra = add_up(eps_sum, mul_up(theta, g1))
-    if fmt.precision is not None:
-        b = order_free_bound(fmt, abs_products_sum, N + 1, extra)
-    else:
-        b = add_up(theta, extra)
-    z = add_up(abs_products_sum, mul_up(gamma(fmt, N), abs_products_sum), theta,
-               mul_up(theta, g1))
+    b, z = order_free_bound(fmt, abs_products_sum, n, eps_sum, products=True)
     return overflow_guard(fmt, z, b)
 
 

@@ -184,22 +184,15 @@ def _targets(target, N: int, C: int) -> np.ndarray:
         if not target.is_exact:
             raise ValueError("cross_entropy: target must be exact class indices (a point, not an interval)")
         target = target.lo
-    t = np.asarray(target)
+    t = checks.finite("target", target)          # exact values, whatever the dtype
     if t.shape != (N,):
         raise ValueError(f"target must have shape (N,) = ({N},), got {t.shape}")
-    if t.dtype.kind in "iu":
-        idx = t.astype(np.int64)
-    else:
-        try:
-            vals = [mpq(v) for v in t.reshape(-1)]
-        except (TypeError, ValueError):
-            raise ValueError("target must hold integer class indices") from None
-        if any(v.denominator != 1 for v in vals):
-            raise ValueError("target must hold integer class indices")
-        idx = np.array([int(v) for v in vals], dtype=np.int64)
-    if np.any((idx < 0) | (idx >= C)):
-        raise ValueError(f"target class indices must lie in [0, {C}), got {idx.tolist()}")
-    return idx
+    vals = [mpq(v) for v in t.reshape(-1)]
+    if any(v.denominator != 1 for v in vals):
+        raise ValueError("target must hold integer class indices")
+    if any(v < 0 or v >= C for v in vals):
+        raise ValueError(f"target class indices must lie in [0, {C}), got {[int(v) for v in vals]}")
+    return np.array([int(v) for v in vals], dtype=np.int64)
 
 
 def _check_ce(fmt: Format, input, target):

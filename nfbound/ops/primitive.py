@@ -31,11 +31,28 @@ recomputes the runtime):
 
 The graphs call them when bounds are requested (one pass instead of two); the registry test
 checks the equalities.
+
+Subnormal inputs in the flush modes (``Format.subnormals``), once for every rule: before a
+rule runs, each runtime input and upstream gradient ``x̂`` that holds nonzero subnormals
+(``0 < |x̂| < b_min``, values of the format) is read as the op reads it — ``Format.daz(x̂)``,
+zeros of their sign under DAZ, ``x̂`` itself under FTZ alone — and its bound grows by ``|x̂|``
+at those positions. Under DAZ that is the input error of the flush: ``|daz(x̂) − x| ≤ ε + |x̂|``.
+Under FTZ alone ``x̂`` stays, but an operation may still turn it into 0 (``RN(0 + x̂)`` is a
+subnormal result, flushed) where a rule takes the operation as exact; ``ε + |x̂|`` bounds both
+``|x̂ − x|`` and ``|0 − x|``, so every replay of such an operation holds. (Results computed
+inside a rule carry the same double reading through ``Format.underflow_term``.) Subnormals off
+the grid are left alone for the rule to refuse. Gradual formats are untouched.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
+
+from ..bounds.upward import abs_up, add_up
+from . import checks
 
 REGISTRY: dict[str, "Primitive"] = {}
 
@@ -61,6 +78,9 @@ class Primitive:
         for field in ("fused", "vjp_fused"):
             if getattr(self, field) is not None and not callable(getattr(self, field)):
                 raise TypeError(f"primitive {self.name!r}: rule {field} is not callable")
+        for field, wrap in _SUBNORMAL_READERS.items():
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, wrap(getattr(self, field)))
 
     def runtime_and_bound(self, fmt, xs, eps, **params):
         """``(runtime, bound)`` of the forward rule: :attr:`fused` if there is one."""
@@ -74,6 +94,66 @@ class Primitive:
             return self.vjp_fused(fmt, xs, eps, g, eps_g, **params)
         return (self.vjp_runtime(fmt, xs, g, **params),
                 self.vjp_bound(fmt, xs, eps, g, eps_g, **params))
+
+
+def _read(fmt, x, e):
+    """``(x as read, its bound)`` for one runtime input (module docstring): unchanged unless
+    ``x`` holds nonzero subnormal values of a format in a flush mode."""
+    if x is None or getattr(fmt, "subnormals", "gradual") == "gradual":
+        return x, e
+    try:
+        a = checks.exact_values("x", x)    # every real dtype (ml_dtypes too) at its exact value
+        tiny = fmt.tiny(a)
+        if not tiny.any() or not np.asarray(fmt.is_representable(a[tiny])).all():
+            return x, e
+    except (TypeError, ValueError):   # not numbers: the rule refuses them by name
+        return x, e
+    charge = np.where(tiny, abs_up(a), 0.0)
+    return fmt.daz(a), (None if e is None else add_up(e, charge))
+
+
+def _read_all(fmt, xs, eps=None):
+    """:func:`_read` over the inputs; malformed ``xs``/``eps`` pass unchanged to the rule,
+    which refuses them by name."""
+    if getattr(fmt, "subnormals", "gradual") == "gradual" or not isinstance(xs, (tuple, list)) \
+            or (eps is not None and (not isinstance(eps, (tuple, list)) or len(eps) != len(xs))):
+        return xs, eps
+    pairs = [_read(fmt, x, None if eps is None else eps[i]) for i, x in enumerate(xs)]
+    return tuple(x for x, _ in pairs), (None if eps is None else tuple(e for _, e in pairs))
+
+
+def _reading_runtime(rule):
+    @functools.wraps(rule)
+    def runtime(fmt, *xs, **params):
+        return rule(fmt, *_read_all(fmt, xs)[0], **params)
+    return runtime
+
+
+def _reading_bound(rule):
+    @functools.wraps(rule)
+    def bound(fmt, xs, eps, **params):
+        return rule(fmt, *_read_all(fmt, xs, eps), **params)
+    return bound
+
+
+def _reading_vjp_runtime(rule):
+    @functools.wraps(rule)
+    def vjp_runtime(fmt, xs, g, **params):
+        return rule(fmt, _read_all(fmt, xs)[0], _read(fmt, g, None)[0], **params)
+    return vjp_runtime
+
+
+def _reading_vjp_bound(rule):
+    @functools.wraps(rule)
+    def vjp_bound(fmt, xs, eps, g, eps_g, **params):
+        return rule(fmt, *_read_all(fmt, xs, eps), *_read(fmt, g, eps_g), **params)
+    return vjp_bound
+
+
+#: The rules that take runtime values, and how each reads its inputs (module docstring).
+_SUBNORMAL_READERS = {"runtime": _reading_runtime, "bound": _reading_bound,
+                      "fused": _reading_bound, "vjp_runtime": _reading_vjp_runtime,
+                      "vjp_bound": _reading_vjp_bound, "vjp_fused": _reading_vjp_bound}
 
 
 def register(p: Primitive) -> Primitive:

@@ -46,10 +46,10 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
-from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, mul_up, sum_up
+from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, sum_up
 from ..formats import Format, fast
 from . import checks
-from .accumulate import check_order, gamma_up, order_free_bound, rounded_add
+from .accumulate import check_order, order_free_bound, rounded_add
 from .interval import Interval, exact_array
 from .primitive import Primitive, register
 
@@ -129,17 +129,6 @@ def _pairwise(fmt: Format, n: int, term: Term, need_bound: bool):
 # =============================================================================================
 # Order-free bounds and the overflow guard they need
 # =============================================================================================
-def gamma(fmt: Format, n: int) -> float:
-    """Upper bound of ``γ_n = (1 + u)^n − 1`` for ``fmt`` (0 for fixed point, where rounding
-    is purely absolute: ``RN(z) = z + θ``, ``|θ| ≤ η``). Raises for a custom exponent function
-    without a declared precision (no relative error model)."""
-    if fmt.precision is None:
-        if fmt.fexp.kind == "FIX":
-            return 0.0
-        raise ValueError(f"format {fmt} has no precision: order-free bounds need a unit roundoff")
-    return gamma_up(fmt, n)
-
-
 def overflow_guard(fmt: Format, magnitude, bound) -> np.ndarray:
     """``bound`` where ``magnitude ≤ max_finite``, ``inf`` elsewhere.
 
@@ -170,22 +159,17 @@ def _max_finite_down(fmt: Format) -> float:
 def order_free_sum_bound(fmt: Format, abs_sum, n: int, eps_sum) -> np.ndarray:
     """Bound of a sum of ``n`` runtime format values ``t̂_k`` computed in *any* order.
 
-    ``|fl(Σ t̂) − Σ t| ≤ γ_n·Σ|t̂| + n·η + Σ ε_k`` — ``accumulate.order_free_bound`` (TorchLean
-    ``Reductions/Tree``: ``γ_{n−1}`` for the at most ``n − 1`` additions on a term's path)
-    taken over ``n + 1`` terms, so that one more rounding per path is covered: an accumulator
-    in a wider format (``u' ≤ u``, ``η' ≤ η``) followed by a final conversion to ``fmt``, as
-    some libraries do. Valid when no rounding overflows: every exact operand is at most
-    ``Z = (1 + γ_n)·Σ|t̂| + n·η`` in magnitude, so where ``Z ≤ max_finite`` the model holds,
-    elsewhere the bound is ``inf`` (:func:`overflow_guard`). ``abs_sum`` and ``eps_sum`` must be
-    upper bounds of ``Σ|t̂_k|`` and ``Σ ε_k``. ``γ_n = inf`` once ``n·u ≥ 1``.
+    ``accumulate.order_free_bound`` with ``n`` leaves: ``γ_n·Σ|t̂| + K·τ·(1 + γ_{n−1}) + Σ ε_k``
+    (``γ_n``: ``n − 1`` additions on a term's path and one more rounding, so that an
+    accumulator in a wider format followed by a final conversion to ``fmt`` is covered, as some
+    libraries do; ``K = 1`` in gradual underflow — additions are exact below ``b_min`` — and
+    ``K = n`` in the flush modes, ``τ = fmt.underflow_term``). ``inf`` where some rounding could
+    overflow (:func:`overflow_guard`). ``abs_sum`` and ``eps_sum`` must be upper bounds of
+    ``Σ|t̂_k|`` and ``Σ ε_k``. ``γ_n = inf`` once ``n·u ≥ 1``.
     """
     if n <= 0:
         return np.asarray(eps_sum, dtype=np.float64) + 0.0
-    g = gamma(fmt, n)
-    theta = mul_up(float(n), fmt.eta)
-    b = order_free_bound(fmt, abs_sum, n + 1, eps_sum) if fmt.precision is not None else \
-        add_up(theta, eps_sum)
-    z = add_up(abs_sum, mul_up(g, abs_sum), theta)
+    b, z = order_free_bound(fmt, abs_sum, n, eps_sum, products=False)
     return overflow_guard(fmt, z, b)
 
 
