@@ -22,6 +22,7 @@ from nfbound import arith
 from nfbound.ops.interval import Interval
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 F = torch.nn.functional
 
 DTYPES = {"bfloat16": (torch.bfloat16, "torch-cpu-bfloat16"),
@@ -44,8 +45,9 @@ def _data(rng, shape, kind: str, A: arith.Arithmetic) -> np.ndarray:
         half = shape[-1] // 2
         flat[:, half:2 * half] = -flat[:, :half] * (1 + rng.integers(0, 2, size=(flat.shape[0], half)) * 2.0 ** -6)
         x = flat.reshape(shape)
-    elif kind == "wide":
-        x = x * 2.0 ** rng.integers(-20, 21, size=shape)
+    elif kind == "wide":   # exponents spread over a quarter of the range each way
+        spread = min(20, int(S.max_finite).bit_length() // 4)
+        x = x * 2.0 ** rng.integers(-spread, spread + 1, size=shape)
     return np.asarray(S.round(x), dtype=np.float64)
 
 
@@ -179,3 +181,54 @@ def test_torch_conv2d_within_preset_bound_sweep(dtype_name, kind, mkldnn):
     for seed in range(2):
         _run_conv(dtype_name, kind, mkldnn, 2, c_in=16, c_out=16, size=12, seed=seed)
         _run_conv(dtype_name, kind, mkldnn, 2, c_in=8, c_out=8, size=10, stride=2, seed=seed)
+
+
+def _torch_vjp(f, xs, g, dtype, mkldnn):
+    """PyTorch's gradients of ``⟨f(xs), g⟩`` w.r.t. every input, in ``dtype`` (float64 out)."""
+    ts = [_torch(x, dtype).requires_grad_(True) for x in xs]
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        out = f(*ts)
+        out.backward(_torch(g, dtype))
+    return [t.grad.to(torch.float64).numpy() for t in ts]
+
+
+def _check_vjp(op, preset, xs, params, g, observed) -> None:
+    A = arith.get(preset)
+    P = ops.get(op)
+    eps = tuple(np.zeros(np.shape(x)) for x in xs)
+    _, bounds = P.vjp_runtime_and_bound(A, xs, eps, g, np.zeros(np.shape(g)), **params)
+    specs = P.vjp_spec(tuple(Interval.exact(x) for x in xs), Interval.exact(g), **params)
+    for i, (s, b, o) in enumerate(zip(specs, bounds, observed)):
+        ok = s.encloses(o, b)
+        assert ok.all(), (f"{op} VJP of input {i}, {preset}: PyTorch's gradient escapes the "
+                          f"bound: distance {s.distance(o)[~ok][:3]} > {np.asarray(b)[~ok][:3]}")
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+@pytest.mark.parametrize("kind", ["normal", "tiny", "cancellation"])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("op", ["matmul", "linear", "conv", "conv_transpose"])
+def test_torch_gradients_within_preset_bound(op, dtype_name, kind, mkldnn):
+    """PyTorch autograd's input, weight and bias gradients against the preset's VJP bounds."""
+    dtype, preset = DTYPES[dtype_name]
+    A = arith.get(preset)
+    rng = np.random.default_rng(_seed("vjp", op, dtype_name, kind, mkldnn))
+    params = {}
+    if op == "matmul":
+        xs = (_data(rng, (16, 32), kind, A), _data(rng, (32, 12), kind, A))
+        f = torch.matmul
+    elif op == "linear":
+        xs = (_data(rng, (8, 40), kind, A), _data(rng, (24, 40), kind, A),
+              _data(rng, (24,), "normal", A))
+        f = F.linear
+    else:
+        transpose = op == "conv_transpose"
+        params = {"stride": 2 if transpose else 1, "padding": 1}
+        wshape = (4, 6, 3, 3) if transpose else (6, 4, 3, 3)
+        xs = (_data(rng, (2, 4, 7, 7), kind, A), _data(rng, wshape, kind, A),
+              _data(rng, (6,), "normal", A))
+        conv = F.conv_transpose2d if transpose else F.conv2d
+        f = lambda x, w, b: conv(x, w, b, **params)   # noqa: E731
+    out_shape = np.shape(ops.get(op).runtime(A, *xs, **params))
+    g = _data(rng, out_shape, "normal", A)
+    _check_vjp(op, preset, xs, params, g, _torch_vjp(f, xs, g, dtype, mkldnn))

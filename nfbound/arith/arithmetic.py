@@ -15,7 +15,12 @@ may flush subnormals. An :class:`Arithmetic` states each of these facts:
 * ``operands`` — optionally, the format the operands of a contraction are rounded to first
   (TF32 tensor cores round binary32 inputs to 10-bit mantissas);
 * ``order`` — the accumulation order of every reduction (:class:`~nfbound.arith.order.Order`);
-  ``any`` makes every bound hold for every order, tree, blocking and FMA use.
+  ``any`` makes every bound hold for every order, tree, blocking and FMA use;
+* ``storage_sums`` — the rules whose library kernels may round *partial* sums to storage
+  (``"conv_transpose"`` for a forward rule, ``"conv.vjp"`` for a VJP: PyTorch CPU without
+  oneDNN sums overlapping columns after a GEMM rounded to bfloat16; measured,
+  ``tests/test_hardware.py``); under ``order=any`` their bounds take every rounding of the
+  evaluation tree to be a storage rounding.
 
 An op in an arithmetic is the op computed in its working format (``accumulator`` or
 ``compute``, every step rounded there, in ``order``), then rounded once to ``storage``. A
@@ -43,6 +48,7 @@ class Arithmetic:
     compute: Format
     order: Order = SEQUENTIAL
     operands: Format | None = None
+    storage_sums: frozenset = frozenset()
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -51,9 +57,12 @@ class Arithmetic:
                 raise ValueError(f"{key} must be a Format, got {getattr(self, key)!r}")
         if not isinstance(self.order, Order):
             object.__setattr__(self, "order", Order.parse(self.order))
+        if not isinstance(self.storage_sums, frozenset) or \
+                not all(isinstance(n, str) for n in self.storage_sums):
+            raise ValueError(f"storage_sums must be a frozenset of op names, got {self.storage_sums!r}")
         if self.operands is not None and not isinstance(self.operands, Format):
             raise ValueError(f"operands must be a Format or None, got {self.operands!r}")
-        for key in ("accumulator", "compute", "operands"):
+        for key in ("accumulator", "compute"):
             wide = getattr(self, key)
             if wide is not None and not contains(wide, self.storage):
                 raise ValueError(
@@ -80,6 +89,8 @@ class Arithmetic:
                  f"compute={_fmt_spec(self.compute)}", f"order={self.order}"]
         if self.operands is not None:
             parts.append(f"operands={_fmt_spec(self.operands)}")
+        if self.storage_sums:
+            parts.append(f"storage_sums={'+'.join(sorted(self.storage_sums))}")
         return ",".join(parts)
 
     def __str__(self) -> str:
@@ -126,7 +137,7 @@ def _fmt_spec(f: Format) -> str:
 # -- spec strings --------------------------------------------------------------------------------
 _KEYS = {"store": "storage", "storage": "storage", "acc": "accumulator",
          "accumulator": "accumulator", "compute": "compute", "operands": "operands",
-         "order": "order", "subnormals": "subnormals"}
+         "order": "order", "subnormals": "subnormals", "storage_sums": "storage_sums"}
 
 
 def split_options(text: str) -> list[tuple[str, str]]:
@@ -183,6 +194,9 @@ def apply_options(base: dict, options: list[tuple[str, str]], text: str) -> Arit
             subnormals = value
         elif name == "operands" and value.lower() == "none":
             fields["operands"] = None
+        elif name == "storage_sums":
+            fields["storage_sums"] = frozenset() if value.lower() == "none" else \
+                frozenset(v.strip() for v in value.split("+") if v.strip())
         else:
             fields[name] = get_format(value)
     if "storage" in given:

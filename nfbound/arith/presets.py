@@ -27,6 +27,9 @@ Sources:
   binary32 subnormal products and partial sums are flushed (DAZ/FTZ); with
   ``torch.backends.mkldnn.enabled = False`` they are not: ``ftz+daz`` bounds cover both.
   The reduction order (oneDNN's and MKL's blocking, FMA) is not published: ``any``.
+  Without oneDNN, ``conv_transpose`` (forward and gradients) and the input gradient of ``conv`` round partial sums to
+  storage (a GEMM rounded to bfloat16/float16, then overlapping columns summed: ``col2im``):
+  ``storage_sums={conv_transpose, conv_transpose.vjp, conv.vjp}``.
 * Autocast (``amp-*``): contractions take bfloat16/float16 operands and accumulate in binary32
   (CUDA: cuBLAS/cuDNN with ``CUBLAS_COMPUTE_32F``; tensor cores per Fasi, Higham, Mikaitis &
   Pranesh 2021 form products exactly and accumulate in at least binary32 for these inputs).
@@ -53,14 +56,20 @@ _FLUSHING_B32 = with_subnormals(get_format("binary32"), "ftz+daz")
 PRESETS: dict[str, Arithmetic] = {}
 
 
-def _preset(name: str, storage: str, operands: str | None = None) -> None:
+#: PyTorch CPU kernels measured to round partial sums to storage (``tests/test_hardware.py``).
+_TORCH_CPU_STORAGE_SUMS = frozenset({"conv_transpose", "conv_transpose.vjp", "conv.vjp"})
+
+
+def _preset(name: str, storage: str, operands: str | None = None,
+            storage_sums: frozenset = frozenset()) -> None:
     PRESETS[name] = Arithmetic(get_format(storage), _FLUSHING_B32, get_format("binary32"), _ANY,
-                               None if operands is None else get_format(operands), name=name)
+                               None if operands is None else get_format(operands), storage_sums,
+                               name=name)
 
 
-_preset("torch-cpu-float32", "binary32")
-_preset("torch-cpu-bfloat16", "bfloat16")
-_preset("torch-cpu-float16", "binary16")
+_preset("torch-cpu-float32", "binary32", storage_sums=_TORCH_CPU_STORAGE_SUMS)
+_preset("torch-cpu-bfloat16", "bfloat16", storage_sums=_TORCH_CPU_STORAGE_SUMS)
+_preset("torch-cpu-float16", "binary16", storage_sums=_TORCH_CPU_STORAGE_SUMS)
 _preset("amp-bfloat16", "bfloat16")
 _preset("amp-float16", "binary16")
 _preset("tf32", "binary32", operands="tf32")

@@ -24,11 +24,12 @@ These are helpers of the reduction rules (no primitive here): the terms are runt
 the format, computed or checked by the caller. Overflow: a partial sum that overflows (±inf,
 NaN or a saturated ±max_finite) has the rounding term ``inf``, so its bound and every bound
 built on it are ``inf`` — never a finite wrong number. :func:`order_free_bound` assumes no
-rounding overflows; its callers guard it (``reduce.overflow_guard``).
+rounding overflows; its callers guard it (:func:`overflow_guard`).
 """
 from __future__ import annotations
 
 import numpy as np
+from gmpy2 import mpq
 
 from ..bounds.rounding import rounding_term
 from ..bounds.upward import add_up, mul_up, up
@@ -71,7 +72,6 @@ def accumulate(fmt: Format, terms, eps, order: str = "sequential", axis: int = -
     zero = np.zeros(t.shape[:-1], dtype=t.dtype)
     if t.dtype == object:
         zero = np.full(t.shape[:-1], 0, dtype=object)
-        from gmpy2 import mpq
         zero[...] = mpq(0)
     if n == 0:
         return zero, np.zeros(t.shape[:-1])
@@ -156,7 +156,7 @@ def order_free_bound(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool):
 
     valid when no rounding overflows. ``Z = (1 + γ_L)·Σ|ℓ_j| + K·τ·(1 + γ_{L−1})`` bounds the
     exact operand of every rounding (the same unrolling over a subtree): callers return ``inf``
-    where ``Z > max_finite`` (``reduce.overflow_guard``). Fixed point: ``γ = 0``. ``γ_L = inf``
+    where ``Z > max_finite`` (:func:`overflow_guard`). Fixed point: ``γ = 0``. ``γ_L = inf``
     once ``L·u ≥ 1``: the bound is then vacuous.
     """
     L = m + 1 if products else m
@@ -174,3 +174,30 @@ def _is_zero(x) -> np.ndarray:
     if a.dtype == object:
         return np.vectorize(lambda v: v == 0, otypes=[bool])(a)
     return a == 0
+
+
+def overflow_guard(fmt: Format, magnitude, bound) -> np.ndarray:
+    """``bound`` where ``magnitude ≤ max_finite``, ``inf`` elsewhere.
+
+    ``magnitude`` must bound the exact operand of *every* rounding of the computation; then no
+    rounding can overflow (``|z| ≤ max_finite`` rounds to at most ``max_finite`` in every mode,
+    ``max_finite`` being representable), which is what the order-free error model assumes.
+    Without the guard a saturating format could return a finite, arbitrarily wrong value.
+    """
+    b = np.asarray(bound, dtype=np.float64)
+    if fmt.max_finite is None:
+        return b
+    return np.where(np.asarray(magnitude) <= _max_finite_down(fmt), b, np.inf)
+
+
+_DBL_MAX_Q = mpq(np.finfo(np.float64).max)
+
+
+def _max_finite_down(fmt: Format) -> float:
+    """The largest binary64 value ``≤ max_finite``: ``max_finite`` itself when it is one, the
+    largest finite binary64 number when ``max_finite`` is beyond binary64's range (decimal64:
+    a finite float64 magnitude then never exceeds it, and ``inf`` does)."""
+    if fmt.max_finite >= _DBL_MAX_Q:
+        return float(np.finfo(np.float64).max)
+    mx = float(fmt.max_finite)
+    return float(np.nextafter(mx, 0.0)) if mx > fmt.max_finite else mx

@@ -1010,9 +1010,9 @@ def conv_transpose_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, stride=1, paddin
 
 conv = register(Primitive("conv", conv_runtime, conv_spec, conv_bound, conv_vjp_runtime,
                           conv_vjp_spec, conv_vjp_bound, _sample(False),
-                          fused=conv_fused, vjp_fused=conv_vjp_fused))
+                          fused=conv_fused, vjp_fused=conv_vjp_fused, contraction=True))
 
 conv_transpose = register(Primitive(
     "conv_transpose", conv_transpose_runtime, conv_transpose_spec, conv_transpose_bound,
     conv_transpose_vjp_runtime, conv_transpose_vjp_spec, conv_transpose_vjp_bound, _sample(True),
-    fused=conv_transpose_fused, vjp_fused=conv_transpose_vjp_fused))
+    fused=conv_transpose_fused, vjp_fused=conv_transpose_vjp_fused, contraction=True))

@@ -56,12 +56,11 @@ from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
 from ..formats.fast import _ABS, FTZ, _bits, _from_bits, op_scalar, smallest_normal
 from . import checks
-from .accumulate import check_order, order_free_bound, rounded_add
+from .accumulate import check_order, order_free_bound, overflow_guard, rounded_add
 from .elementwise import mul_error
 from .interval import Interval, exact_array
 from .primitive import Primitive, register
-from .reduce import (_check_bool, _zeros_like_runtime, order_free_sum_bound,
-                     overflow_guard, stream_reduce)
+from .reduce import _check_bool, _zeros_like_runtime, order_free_sum_bound, stream_reduce
 
 
 # =============================================================================================
@@ -279,7 +278,7 @@ def order_free_dot_bound(fmt: Format, abs_products_sum, n: int, eps_sum) -> np.n
     conversion); ``τ = fmt.underflow_term`` and ``K = N`` in gradual underflow (the product
     roundings and the conversion: additions are exact below ``b_min``), ``K = 2n`` in the flush
     modes (the additions too). ``inf`` where the exact operand of some rounding could exceed
-    the largest finite value (:func:`~nfbound.ops.reduce.overflow_guard`) — otherwise a
+    the largest finite value (:func:`~nfbound.ops.accumulate.overflow_guard`) — otherwise a
     saturating format could hide an overflow. ``γ_N = inf`` once ``N·u ≥ 1`` (bfloat16 from
     ``n = 255``, float8_e4m3fn from ``n = 15``): the bound is then vacuous. Fixed point (no
     precision): ``γ = 0``, only the ``θ``'s.
@@ -585,7 +584,8 @@ def matmul_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential
 
 matmul = register(Primitive("matmul", matmul_runtime, matmul_spec, matmul_bound,
                             matmul_vjp_runtime, matmul_vjp_spec, matmul_vjp_bound,
-                            _sample_matmul, fused=matmul_fused, vjp_fused=matmul_vjp_fused))
+                            _sample_matmul, fused=matmul_fused, vjp_fused=matmul_vjp_fused,
+                            contraction=True))
 
 
 # =============================================================================================
@@ -643,7 +643,7 @@ def _sample_dot(rng, fmt: Format):
 
 
 dot = register(Primitive("dot", dot_runtime, dot_spec, dot_bound, dot_vjp_runtime, dot_vjp_spec,
-                         dot_vjp_bound, _sample_dot))
+                         dot_vjp_bound, _sample_dot, contraction=True))
 
 
 def _check_matvec(A, x) -> None:
@@ -699,7 +699,7 @@ def _sample_matvec(rng, fmt: Format):
 
 matvec = register(Primitive("matvec", matvec_runtime, matvec_spec, matvec_bound,
                             matvec_vjp_runtime, matvec_vjp_spec, matvec_vjp_bound,
-                            _sample_matvec))
+                            _sample_matvec, contraction=True))
 
 
 # =============================================================================================
@@ -866,4 +866,5 @@ def linear_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order="sequential", orde
 
 linear = register(Primitive("linear", linear_runtime, linear_spec, linear_bound,
                             linear_vjp_runtime, linear_vjp_spec, linear_vjp_bound,
-                            _sample_linear, fused=linear_fused, vjp_fused=linear_vjp_fused))
+                            _sample_linear, fused=linear_fused, vjp_fused=linear_vjp_fused,
+                            contraction=True))

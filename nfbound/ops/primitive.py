@@ -46,13 +46,14 @@ the grid are left alone for the rule to refuse. Gradual formats are untouched.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from ..arith import Arithmetic
 from ..bounds.upward import abs_up, add_up
-from . import checks
+from . import arithmetic, checks
 
 REGISTRY: dict[str, "Primitive"] = {}
 
@@ -69,6 +70,9 @@ class Primitive:
     sample: Callable
     fused: Callable | None = None
     vjp_fused: Callable | None = None
+    contraction: bool = False
+    operand_slots: tuple[int, ...] = (0, 1)
+    rules: "FormatRules" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for field in ("runtime", "spec", "bound", "vjp_runtime", "vjp_spec", "vjp_bound",
@@ -78,22 +82,102 @@ class Primitive:
         for field in ("fused", "vjp_fused"):
             if getattr(self, field) is not None and not callable(getattr(self, field)):
                 raise TypeError(f"primitive {self.name!r}: rule {field} is not callable")
-        for field, wrap in _SUBNORMAL_READERS.items():
-            if getattr(self, field) is not None:
-                object.__setattr__(self, field, wrap(getattr(self, field)))
+        read = {name: (None if getattr(self, name) is None else wrap(getattr(self, name)))
+                for name, wrap in _SUBNORMAL_READERS.items()}
+        object.__setattr__(self, "rules", FormatRules(**read))
+        for name, dispatch in _ARITHMETIC_DISPATCH.items():
+            if read[name] is not None:
+                object.__setattr__(self, name, dispatch(self, read[name]))
 
     def runtime_and_bound(self, fmt, xs, eps, **params):
         """``(runtime, bound)`` of the forward rule: :attr:`fused` if there is one."""
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.runtime_and_bound(self, fmt, xs, eps, params)
         if self.fused is not None:
             return self.fused(fmt, xs, eps, **params)
         return self.runtime(fmt, *xs, **params), self.bound(fmt, xs, eps, **params)
 
     def vjp_runtime_and_bound(self, fmt, xs, eps, g, eps_g, **params):
         """``(grads, bounds)`` of the VJP rules: :attr:`vjp_fused` if there is one."""
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.vjp_runtime_and_bound(self, fmt, xs, eps, g, eps_g, params)
         if self.vjp_fused is not None:
             return self.vjp_fused(fmt, xs, eps, g, eps_g, **params)
         return (self.vjp_runtime(fmt, xs, g, **params),
                 self.vjp_bound(fmt, xs, eps, g, eps_g, **params))
+
+
+@dataclass(frozen=True)
+class FormatRules:
+    """The rules that take runtime values, for a :class:`~nfbound.formats.Format` (after the
+    subnormal reading below): what :mod:`nfbound.ops.arithmetic` composes for an arithmetic."""
+
+    runtime: Callable
+    bound: Callable
+    vjp_runtime: Callable
+    vjp_bound: Callable
+    fused: Callable | None
+    vjp_fused: Callable | None
+
+
+def _dispatch_runtime(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def runtime(fmt, *xs, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.runtime(P, fmt, xs, params)
+        return rule(fmt, *xs, **params)
+    return runtime
+
+
+def _dispatch_bound(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def bound(fmt, xs, eps, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.runtime_and_bound(P, fmt, xs, eps, params)[1]
+        return rule(fmt, xs, eps, **params)
+    return bound
+
+
+def _dispatch_fused(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def fused(fmt, xs, eps, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.runtime_and_bound(P, fmt, xs, eps, params)
+        return rule(fmt, xs, eps, **params)
+    return fused
+
+
+def _dispatch_vjp_runtime(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def vjp_runtime(fmt, xs, g, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.vjp_runtime(P, fmt, xs, g, params)
+        return rule(fmt, xs, g, **params)
+    return vjp_runtime
+
+
+def _dispatch_vjp_bound(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def vjp_bound(fmt, xs, eps, g, eps_g, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.vjp_runtime_and_bound(P, fmt, xs, eps, g, eps_g, params)[1]
+        return rule(fmt, xs, eps, g, eps_g, **params)
+    return vjp_bound
+
+
+def _dispatch_vjp_fused(P: "Primitive", rule):
+    @functools.wraps(rule)
+    def vjp_fused(fmt, xs, eps, g, eps_g, **params):
+        if isinstance(fmt, Arithmetic):
+            return arithmetic.vjp_runtime_and_bound(P, fmt, xs, eps, g, eps_g, params)
+        return rule(fmt, xs, eps, g, eps_g, **params)
+    return vjp_fused
+
+
+#: The rules that take runtime values, and how each takes an arithmetic (module docstring).
+_ARITHMETIC_DISPATCH = {"runtime": _dispatch_runtime, "bound": _dispatch_bound,
+                        "fused": _dispatch_fused, "vjp_runtime": _dispatch_vjp_runtime,
+                        "vjp_bound": _dispatch_vjp_bound, "vjp_fused": _dispatch_vjp_fused}
 
 
 def _read(fmt, x, e):

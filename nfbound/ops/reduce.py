@@ -49,7 +49,7 @@ from ..bounds.rounding import rounding_term
 from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, sum_up
 from ..formats import Format, fast
 from . import checks
-from .accumulate import check_order, order_free_bound, rounded_add
+from .accumulate import check_order, order_free_bound, overflow_guard, rounded_add
 from .interval import Interval, exact_array
 from .primitive import Primitive, register
 
@@ -127,35 +127,8 @@ def _pairwise(fmt: Format, n: int, term: Term, need_bound: bool):
 
 
 # =============================================================================================
-# Order-free bounds and the overflow guard they need
+# Order-free bounds
 # =============================================================================================
-def overflow_guard(fmt: Format, magnitude, bound) -> np.ndarray:
-    """``bound`` where ``magnitude ≤ max_finite``, ``inf`` elsewhere.
-
-    ``magnitude`` must bound the exact operand of *every* rounding of the computation; then no
-    rounding can overflow (``|z| ≤ max_finite`` rounds to at most ``max_finite`` in every mode,
-    ``max_finite`` being representable), which is what the order-free error model assumes.
-    Without the guard a saturating format could return a finite, arbitrarily wrong value.
-    """
-    b = np.asarray(bound, dtype=np.float64)
-    if fmt.max_finite is None:
-        return b
-    return np.where(np.asarray(magnitude) <= _max_finite_down(fmt), b, np.inf)
-
-
-_DBL_MAX_Q = mpq(np.finfo(np.float64).max)
-
-
-def _max_finite_down(fmt: Format) -> float:
-    """The largest binary64 value ``≤ max_finite``: ``max_finite`` itself when it is one, the
-    largest finite binary64 number when ``max_finite`` is beyond binary64's range (decimal64:
-    a finite float64 magnitude then never exceeds it, and ``inf`` does)."""
-    if fmt.max_finite >= _DBL_MAX_Q:
-        return float(np.finfo(np.float64).max)
-    mx = float(fmt.max_finite)
-    return float(np.nextafter(mx, 0.0)) if mx > fmt.max_finite else mx
-
-
 def order_free_sum_bound(fmt: Format, abs_sum, n: int, eps_sum) -> np.ndarray:
     """Bound of a sum of ``n`` runtime format values ``t̂_k`` computed in *any* order.
 
