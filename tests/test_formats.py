@@ -1271,3 +1271,27 @@ def test_exact_inputs_round_like_mpfr(spec, q, scale):
         assert_exact_inputs_rounded(want, python_division_oracle([v]), [v], "oracles")
     for x in (fractions.Fraction(int(v.numerator), int(v.denominator)), v, f"{v.numerator}/{v.denominator}"):
         assert_exact_inputs_rounded(f.round([x]), want, [v], f"{spec} {type(x).__name__}")
+
+
+def test_kernel_cache_directory_follows_the_kernel_sources(tmp_path, monkeypatch):
+    """Numba invalidates a cached kernel only when its own file changes, not when a function
+    it inlines from another module does: the cache directory is keyed by a hash of every
+    module that defines compiled code, so editing any of them starts a fresh cache."""
+    import shutil
+    from pathlib import Path
+
+    import numba
+
+    import nfbound
+    from nfbound import kernel_cache
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    root = tmp_path / "nfbound"
+    shutil.copytree(Path(nfbound.__file__).parent, root,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(kernel_cache, "__file__", str(root / "kernel_cache.py"))
+    before = kernel_cache.source_hash()
+    fast = root / "formats" / "fast.py"
+    fast.write_text(fast.read_text() + "\n# edited\n")
+    assert kernel_cache.source_hash() != before
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    assert kernel_cache.configure().parent == tmp_path / "cache"
