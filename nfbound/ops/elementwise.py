@@ -15,7 +15,10 @@ representation error becoming the input's ``eps``. The ``*_error`` helpers (``mu
 values they computed themselves, do not re-check.
 
 Overflow and domain errors. A runtime result that overflows (±inf, NaN, or a saturated
-±max_finite) gets the bound ``inf`` — never a finite wrong number. Runtime division by zero
+±max_finite) gets the bound ``inf`` — never a finite wrong number: every rule, and every
+``*_error`` helper, passes its ``(runtime, bound)`` through ``bounds.rounding.guard_nonfinite``
+(a composed bound alone can miss it: ``0·inf = NaN`` charges no rounding for the exact zero
+factor, and ``mul_up(0, inf) = 0``). Runtime division by zero
 follows IEEE 754 (±inf, NaN) with an ``inf`` bound; ``sqrt`` of a negative runtime value raises
 ``ValueError``. The spec rules raise ``ValueError`` for a domain error of the enclosure: a
 divisor enclosure containing 0 (div, its VJP), a sqrt argument enclosure reaching below 0 (or
@@ -649,7 +652,12 @@ def safe_div_vjp_runtime(fmt: Format, xs, g, *, c):
     cq, mode, divide = _safe_setup(fmt, c)
     d = _safe_denominator(y, cq, mode)
     gy = fmt.mul(_neg(g), divide(divide(x, d), d))
-    return divide(g, d), np.where(_at_least(y, cq, mode), gy, _zero_of(gy))
+    return divide(g, d), _where_at_least(y, cq, mode, gy)
+
+
+def _where_at_least(y, c: mpq, mode: str, G) -> np.ndarray:
+    """``G·1[ŷ ≥ c]``: ``ClampMinBackward`` passes the gradient where ``ŷ ≥ c`` (exact)."""
+    return np.where(_at_least(y, c, mode), G, _zero_of(G))
 
 
 def safe_div_vjp_spec(xs, g: Interval, *, c):
@@ -685,7 +693,7 @@ def safe_div_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     both_one = _sub_down(y_lo, ey) >= c_hi
     both_zero = add_up(y_hi, ey) < floor
     egy = np.where(both_one, e, np.where(both_zero, 0.0, add_up(abs_up(G), e)))
-    return egx, guard_nonfinite(fmt, np.where(_at_least(y, cq, mode), G, _zero_of(G)), egy)
+    return egx, guard_nonfinite(fmt, _where_at_least(y, cq, mode, G), egy)
 
 
 def _sample_safe_div(rng, fmt: Format):

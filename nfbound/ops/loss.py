@@ -78,7 +78,8 @@ def _diff_error(fmt: Format, x, ex, t, et):
     """``(d̂, ε_d)`` with ``d̂ = RN(x̂ − t̂)``: ``ε_d = ε_x + ε_t + r`` (``r = 0`` when an operand
     is 0: the subtraction is then exact), ``inf`` where ``d̂`` overflowed."""
     d = fmt.sub(x, t)
-    return d, guard_nonfinite(fmt, d, add_up(ex, et, rounding_term(fmt, d, _zero(x) | _zero(t))))
+    return d, guard_nonfinite(fmt, d, add_up(ex, et,
+                                             rounding_term(fmt, d, _zero(x) | _zero(t))))
 
 
 def mse_loss_runtime(fmt: Format, input, target, *, order: str = "sequential"):

@@ -296,7 +296,8 @@ def divide_by_count_error(fmt: Format, s, es, n: int):
     ``r = 0`` when ``ŝ = 0`` (exact); ``inf`` where ``RN(ŝ/n)`` overflowed
     (``bounds.rounding.guard_nonfinite``)."""
     y = divide_by_count(fmt, s, n)
-    return y, guard_nonfinite(fmt, y, add_up(div_up(es, float(n)), rounding_term(fmt, y, _zero(s))))
+    return y, guard_nonfinite(fmt, y, add_up(div_up(es, float(n)),
+                                             rounding_term(fmt, y, _zero(s))))
 
 
 # -- max_pool ------------------------------------------------------------------------------------
@@ -317,7 +318,12 @@ def max_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0):
     x = _check_input(fmt, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _neg_fill(x))
-    return np.take_along_axis(xw, _argmax(xw)[..., None], axis=-1)[..., 0]
+    return _at(xw, _argmax(xw))
+
+
+def _at(xw: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The entry at index ``t`` of every window (last axis)."""
+    return np.take_along_axis(xw, t[..., None], axis=-1)[..., 0]
 
 
 def max_pool_spec(x: Interval, *, kernel_size, stride=None, padding=0) -> Interval:
@@ -375,8 +381,7 @@ def max_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw, ew, low, high = _window_bounds(x, e, k, s, p, out)
     t, cand, _ = _candidates(xw, low, high)
-    y = np.take_along_axis(xw, t[..., None], axis=-1)[..., 0]      # the runtime maxima
-    return guard_nonfinite(fmt, y, np.max(np.where(cand, ew, 0.0), axis=-1))
+    return guard_nonfinite(fmt, _at(xw, t), np.max(np.where(cand, ew, 0.0), axis=-1))
 
 
 def max_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, padding=0):

@@ -348,8 +348,8 @@ def sum_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
                          zero=_zeros_like_runtime(x, t.shape[:-1]))
     if order_free:
         e = order_free_sum_bound(fmt, sum_up(abs_up(t), axis=-1), n, sum_up(et, axis=-1))
-    return _finish(s, x.shape, ax, keepdims), _finish(guard_nonfinite(fmt, s, e), x.shape, ax,
-                                                      keepdims)
+    e = guard_nonfinite(fmt, s, e)
+    return _finish(s, x.shape, ax, keepdims), _finish(e, x.shape, ax, keepdims)
 
 
 def sum_runtime(fmt: Format, x, *, axis: int | None = None, keepdims: bool = False,

@@ -890,9 +890,12 @@ def safe_log_vjp_runtime(fmt: Format, xs, g, *, c=DEFAULT_C):
     x, g = _vjp_args(fmt, xs, g)
     cq = _clamp_constant(c)
     active = ~_clamped(x, cq)
-    q = fmt.div(g, _active_denominator(x, active))
-    zero = mpq(0) if np.asarray(q).dtype == object else 0.0
-    return (np.where(active, q, zero),)
+    return (_where_active(fmt.div(g, _active_denominator(x, active)), active),)
+
+
+def _where_active(q, active) -> np.ndarray:
+    """``q̂`` where active, 0 elsewhere (the clamp's zero derivative)."""
+    return np.where(active, q, mpq(0) if np.asarray(q).dtype == object else 0.0)
 
 
 def _active_denominator(x, active):
@@ -946,7 +949,7 @@ def safe_log_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c=DEFAULT_C):
     with np.errstate(invalid="ignore", over="ignore"):
         sure_active = _down(x_lo - e) >= c_hi
         sure_clamped = up(x_hi + e) < c_lo
-    out = np.where(active, q, mpq(0) if np.asarray(q).dtype == object else 0.0)
+    out = _where_active(q, active)
     _, q_abs = _abs_lo_hi(out)
     _, g_abs = _abs_lo_hi(g)
     b_active = np.where(sure_active, b_div, np.fmax(b_div, q_abs))
