@@ -35,7 +35,8 @@ INF = math.inf
 
 def expected_overflowed(fmt, values) -> np.ndarray:
     """±inf or NaN, or ±max_finite where the format saturates (``overflow=saturate``, or IEEE
-    with a directed rounding): stated here, independently of the library."""
+    with a directed rounding toward the largest finite value): stated here, independently of
+    the library's ``bounds.rounding.overflowed``."""
     flat = np.asarray(values, dtype=object).reshape(-1)
     nonfinite = [isinstance(v, (float, np.floating)) and not math.isfinite(v) for v in flat]
     saturates = fmt.overflow == "saturate" or (fmt.overflow == "ieee" and not fmt.is_nearest)
@@ -45,12 +46,15 @@ def expected_overflowed(fmt, values) -> np.ndarray:
         np.shape(values))
 
 
-def assert_inf_where_overflowed(fmt, values, bound) -> None:
+def assert_inf_where_overflowed(fmt, values, bound, what: str = "a rule") -> None:
+    """The bound is ``inf`` wherever the runtime value overflowed (:func:`expected_overflowed`)
+    and never NaN."""
     b = np.asarray(bound, dtype=np.float64)
-    assert not np.isnan(b).any(), "a NaN bound"
-    bad = expected_overflowed(fmt, values) & (b != INF)
-    assert not bad.any(), (f"{fmt}: runtime {np.asarray(values)[bad]} has the finite bound "
-                           f"{b[bad]}")
+    bad = (expected_overflowed(fmt, values) & (b != INF)) | np.isnan(b)
+    if bad.any():
+        i = np.flatnonzero(bad.reshape(-1))[0]
+        raise AssertionError(f"{what} in {fmt}: runtime {np.asarray(values).reshape(-1)[i]!r} "
+                             f"with bound {b.reshape(-1)[i]!r} (must be inf)")
 
 
 def zeros(n: int):

@@ -10,7 +10,6 @@ directed roundings. A new op is covered the moment it is registered.
 from __future__ import annotations
 
 import inspect
-import math
 import re
 import zlib
 
@@ -24,6 +23,8 @@ from nfbound import formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats.reference import to_exact
 from nfbound.ops.interval import Interval, exact_array
+
+from test_nonfinite import assert_inf_where_overflowed
 
 FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2", "binary32", "decimal32",
            "decimal64", "bfloat16:rounding=zero", "binary16:rounding=up"]
@@ -77,32 +78,6 @@ def _assert_format_values(fmt, out, what: str) -> None:
     assert np.asarray(fmt.is_representable(a))[finite].all(), f"{what} is off the grid of {fmt}"
 
 
-def _overflowed(fmt, out) -> np.ndarray:
-    """Where a runtime value is ±inf or NaN, or ±max_finite in a format where an overflowing
-    rounding gives ±max_finite (``overflow=saturate``; IEEE directed rounding toward the
-    largest finite value). Stated here independently of the library's own test."""
-    a = np.asarray(out)
-    flat = a.reshape(-1)
-    bad = np.array([isinstance(v, (float, np.floating)) and not math.isfinite(v) for v in flat],
-                   dtype=bool)
-    if fmt.overflow == "saturate" or (fmt.overflow == "ieee" and not fmt.is_nearest):
-        bad |= np.array([not b and abs(to_exact(v)) == fmt.max_finite
-                         for v, b in zip(flat, bad)], dtype=bool)
-    return bad.reshape(a.shape)
-
-
-def _assert_overflow_unbounded(fmt, out, bound, what: str) -> None:
-    """A runtime value that overflowed (:func:`_overflowed`) has the bound ``inf`` (README: "a
-    runtime result that overflows — ±inf, NaN, or a value saturated at ±max_finite — gets the
-    bound inf"); no bound is NaN."""
-    b = np.asarray(bound, dtype=np.float64)
-    bad = (_overflowed(fmt, out) & (b != np.inf)) | np.isnan(b)
-    if bad.any():
-        i = np.flatnonzero(bad.reshape(-1))[0]
-        raise AssertionError(f"{what} in {fmt}: runtime {np.asarray(out).reshape(-1)[i]!r} "
-                             f"with bound {b.reshape(-1)[i]!r} (must be inf)")
-
-
 def _overflow_magnitudes(fmt) -> list:
     """Format values that make rules overflow: the largest finite ``M``, ``M/2`` and ``√M``
     (sums and products of two overflow), 2 (a doubling of ``M`` overflows), the smallest
@@ -146,7 +121,9 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
     """Forward and VJP enclosures on ``trials`` sampled instances of the primitive: the first
     with spec inputs equal to the runtime ones, the others with relative input errors cycling
     through ``rels``. Every rule (bound, VJP bound, fused, VJP fused) must give the bound
-    ``inf`` where its runtime value overflowed (:func:`_assert_overflow_unbounded`).
+    ``inf`` where its runtime value overflowed (README: "a runtime result that overflows — ±inf,
+    NaN, or a value saturated at ±max_finite — gets the bound inf";
+    ``test_nonfinite.assert_inf_where_overflowed``).
     ``adversarial``: the sampled inputs and upstream gradients are made overflow-prone
     (:func:`_adversarial`)."""
     fmt = formats.get(fmt_name)
@@ -162,9 +139,9 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
         bound = P.bound(fmt, xs, eps, **params)
         assert np.shape(bound) == np.shape(out)
         _assert_format_values(fmt, out, f"{op_name} runtime")
-        _assert_overflow_unbounded(fmt, out, bound, f"{op_name} bound")
+        assert_inf_where_overflowed(fmt, out, bound, f"{op_name} bound")
         if P.fused is not None:
-            _assert_overflow_unbounded(fmt, *P.fused(fmt, xs, eps, **params), f"{op_name} fused")
+            assert_inf_where_overflowed(fmt, *P.fused(fmt, xs, eps, **params), f"{op_name} fused")
 
         g, eg, g_spec = (_adversarial_upstream if adversarial else _upstream)(
             rng, fmt, np.shape(out), rel)
@@ -176,9 +153,9 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
                 continue
             assert np.shape(gr) == np.shape(xs[i]) == np.shape(gb)
             _assert_format_values(fmt, gr, f"{op_name} VJP runtime of input {i}")
-            _assert_overflow_unbounded(fmt, gr, gb, f"{op_name} VJP bound of input {i}")
+            assert_inf_where_overflowed(fmt, gr, gb, f"{op_name} VJP bound of input {i}")
             if fused is not None:
-                _assert_overflow_unbounded(fmt, fused[0][i], fused[1][i],
+                assert_inf_where_overflowed(fmt, fused[0][i], fused[1][i],
                                            f"{op_name} VJP fused, input {i}")
 
         # a spec domain error (e.g. a divisor enclosure containing 0) is a clear refusal
