@@ -66,10 +66,14 @@ def guard_nonfinite(fmt: Format, out, bound) -> np.ndarray:
     bound is NaN (computed from an overflowed operand), so that no rule returns a finite bound,
     or a NaN one that would fail silently in comparisons, for a value that overflowed.
 
-    Every rule passes its final ``(runtime, bound)`` through this, as does every helper
-    returning such a pair: a bound composed from the steps' bounds can be finite where the
-    runtime is not, e.g. ``0·inf = NaN`` charges no rounding (a zero factor is exact) and
-    propagates ``mul_up(0, inf) = 0``."""
+    Every rule passes its final ``(runtime, bound)`` through this, and so do the helpers that
+    compose rules (``mul_error``, ``div_error``, …, a reduction's result): a bound composed
+    from the steps' bounds can be finite where the runtime is not, e.g. ``0·inf = NaN``
+    charges no rounding (a zero factor is exact) and propagates ``mul_up(0, inf) = 0``; and
+    an exact op passes a saturated ``±max_finite`` on with its input's bound. A single
+    rounded addition inside a reduction needs no guard of its own: its rounding term is
+    ``inf`` at an overflow, and an addition exact because an operand is 0 passes the other
+    operand's value and bound on."""
     b = np.asarray(bound, dtype=np.float64)
     return np.where(overflowed(fmt, out) | np.isnan(b), np.inf, b)
 
