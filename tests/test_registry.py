@@ -13,14 +13,18 @@ import inspect
 import re
 import zlib
 
+import gmpy2
 import numpy as np
 import pytest
+from gmpy2 import mpq
 
 import nfbound.ops as ops
 from nfbound import formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats.reference import to_exact
 from nfbound.ops.interval import Interval, exact_array
+
+from test_nonfinite import assert_inf_where_overflowed
 
 FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "float8_e5m2", "binary32", "decimal32",
            "decimal64", "bfloat16:rounding=zero", "binary16:rounding=up",
@@ -36,6 +40,12 @@ def _is_label(x) -> bool:
     return np.asarray(x).dtype.kind in "iu"
 
 
+def _magnitude_up(xq) -> np.ndarray:
+    """``|x|`` of exact values rounded up to float64, capped at the largest finite float64 (so
+    that ``|x|·rel`` stays a finite error bound for decimal64 values beyond binary64)."""
+    return np.fmin(exact_array_up(np.abs(xq)), np.finfo(np.float64).max)
+
+
 def _perturbed_spec(rng, x, rel: float):
     """A spec input at distance ≤ eps from the runtime input ``x``, and that eps (float64).
 
@@ -47,7 +57,7 @@ def _perturbed_spec(rng, x, rel: float):
     xq = exact_array(x)
     if rel == 0:
         return Interval.exact(xq), np.zeros(np.shape(x))
-    eps = exact_array_up(np.abs(xq)) * rel + 2.0 ** -20
+    eps = _magnitude_up(xq) * rel + 2.0 ** -20
     shift = eps * rng.uniform(-1, 1, size=xq.shape) * 0.5
     return Interval.exact(xq + exact_array(shift)), eps
 
@@ -56,7 +66,7 @@ def _upstream(rng, fmt, shape, rel: float):
     """A runtime upstream gradient ``ĝ`` (a format value), its bound and a spec gradient within
     it (exact)."""
     g = fmt.round(rng.standard_normal(shape))
-    eg = exact_array_up(np.abs(exact_array(g))) * rel
+    eg = _magnitude_up(exact_array(g)) * rel
     return g, eg, Interval.exact(exact_array(g) + exact_array(eg) / 4)
 
 
@@ -69,40 +79,103 @@ def _assert_format_values(fmt, out, what: str) -> None:
     assert np.asarray(fmt.is_representable(a))[finite].all(), f"{what} is off the grid of {fmt}"
 
 
-def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)) -> None:
+def _overflow_magnitudes(fmt) -> list:
+    """Format values that make rules overflow: the largest finite ``M``, ``M/2`` and ``√M``
+    (sums and products of two overflow), 2 (a doubling of ``M`` overflows), the smallest
+    positive value (a divisor that overflows a quotient) and 0 (a zero factor meeting an
+    overflowed intermediate: ``0·inf = NaN``)."""
+    M = fmt.max_finite
+    exact = [M, M / 2, mpq(gmpy2.isqrt(int(M))), mpq(2), mpq(fmt.radix) ** fmt.emin, mpq(0)]
+    return list(fmt.round(np.array(exact, dtype=object)))
+
+
+def _adversarial(rng, fmt, x):
+    """``x`` with about two thirds of its entries replaced by overflow-prone magnitudes
+    (:func:`_overflow_magnitudes`), each keeping its entry's sign: inputs a sample keeps
+    nonnegative (sqrt's) stay nonnegative."""
+    if _is_label(x):
+        return x
+    a = np.asarray(x)
+    mags = _overflow_magnitudes(fmt)
+    pick = rng.integers(0, (3 * len(mags)) // 2, size=a.shape)
+    out = np.array(a, copy=True)
+    flat, fp = out.reshape(-1), pick.reshape(-1)
+    for i in range(flat.size):
+        if fp[i] < len(mags):
+            flat[i] = -mags[fp[i]] if flat[i] < 0 else mags[fp[i]]
+    return flat.reshape(a.shape)
+
+
+def _adversarial_upstream(rng, fmt, shape, rel: float):
+    """:func:`_upstream` made adversarial: ``ĝ = 0`` everywhere in a third of the cases (the
+    zero that meets an overflowed intermediate), overflow-prone magnitudes otherwise."""
+    if rng.random() < 1 / 3:
+        g = fmt.round(np.zeros(shape))
+    else:
+        g = _adversarial(rng, fmt, fmt.round(rng.standard_normal(shape)))
+    eg = _magnitude_up(exact_array(g)) * rel
+    return g, eg, Interval.exact(exact_array(g) + exact_array(eg) / 4)
+
+
+def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,),
+                    adversarial: bool = False) -> None:
     """Forward and VJP enclosures on ``trials`` sampled instances of the primitive: the first
     with spec inputs equal to the runtime ones, the others with relative input errors cycling
-    through ``rels``."""
+    through ``rels``. Every rule (bound, VJP bound, fused, VJP fused) must give the bound
+    ``inf`` where its runtime value overflowed (README: "a runtime result that overflows — ±inf,
+    NaN, or a value saturated at ±max_finite — gets the bound inf";
+    ``test_nonfinite.assert_inf_where_overflowed``).
+    ``adversarial``: the sampled inputs and upstream gradients are made overflow-prone
+    (:func:`_adversarial`)."""
     fmt = formats.get(fmt_name)
     P = ops.get(op_name)
-    rng = np.random.default_rng(_seed(op_name, str(fmt_name)))
+    rng = np.random.default_rng(_seed(op_name, str(fmt_name),
+                                      *(("adversarial",) if adversarial else ())))
     for trial in range(trials):
         xs, params = P.sample(rng, fmt)
+        if adversarial:
+            xs = tuple(_adversarial(rng, fmt, x) for x in xs)
         rel = 0.0 if trial == 0 else rels[(trial - 1) % len(rels)]
         spec_in, eps = zip(*(_perturbed_spec(rng, x, rel) for x in xs))
         out = P.runtime(fmt, *xs, **params)
-        try:
-            spec_out = P.spec(*spec_in, **params)
-        except ValueError:
-            continue  # a spec domain error (e.g. log of an enclosure reaching 0) is a clear refusal
         bound = P.bound(fmt, xs, eps, **params)
         assert np.shape(bound) == np.shape(out)
         _assert_format_values(fmt, out, f"{op_name} runtime")
-        ok = spec_out.encloses(out, bound)
-        assert ok.all(), (f"{op_name} forward enclosure failed in {fmt_name}: distance "
-                          f"{spec_out.distance(out)[~ok][:3]} > bound {np.asarray(bound)[~ok][:3]}")
+        assert_inf_where_overflowed(fmt, out, bound, f"{op_name} bound")
+        if P.fused is not None:
+            assert_inf_where_overflowed(fmt, *P.fused(fmt, xs, eps, **params), f"{op_name} fused")
 
-        g, eg, g_spec = _upstream(rng, fmt, np.shape(out), rel)
+        g, eg, g_spec = (_adversarial_upstream if adversarial else _upstream)(
+            rng, fmt, np.shape(out), rel)
         grads = P.vjp_runtime(fmt, xs, g, **params)
-        grads_spec = P.vjp_spec(spec_in, g_spec, **params)
         grads_bound = P.vjp_bound(fmt, xs, eps, g, eg, **params)
-        for i, (gr, gs, gb) in enumerate(zip(grads, grads_spec, grads_bound)):
+        fused = P.vjp_fused(fmt, xs, eps, g, eg, **params) if P.vjp_fused is not None else None
+        for i, (gr, gb) in enumerate(zip(grads, grads_bound)):
             if gr is None:
                 continue
             assert np.shape(gr) == np.shape(xs[i]) == np.shape(gb)
             _assert_format_values(fmt, gr, f"{op_name} VJP runtime of input {i}")
-            ok = gs.encloses(gr, gb)
-            assert ok.all(), f"{op_name} VJP enclosure failed for input {i} in {fmt_name}"
+            assert_inf_where_overflowed(fmt, gr, gb, f"{op_name} VJP bound of input {i}")
+            if fused is not None:
+                assert_inf_where_overflowed(fmt, fused[0][i], fused[1][i],
+                                           f"{op_name} VJP fused, input {i}")
+
+        # a spec domain error (e.g. a divisor enclosure containing 0) is a clear refusal
+        try:
+            spec_out = P.spec(*spec_in, **params)
+        except ValueError:
+            continue
+        ok = spec_out.encloses(out, bound)
+        assert ok.all(), (f"{op_name} forward enclosure failed in {fmt_name}: distance "
+                          f"{spec_out.distance(out)[~ok][:3]} > bound {np.asarray(bound)[~ok][:3]}")
+        try:
+            grads_spec = P.vjp_spec(spec_in, g_spec, **params)
+        except ValueError:
+            continue
+        for i, (gr, gs, gb) in enumerate(zip(grads, grads_spec, grads_bound)):
+            if gr is not None:
+                ok = gs.encloses(gr, gb)
+                assert ok.all(), f"{op_name} VJP enclosure failed for input {i} in {fmt_name}"
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS)
@@ -121,6 +194,27 @@ SWEEP_FORMATS = formats.names() + ["bfloat16:rounding=zero", "binary16:rounding=
 @pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
 def test_forward_and_vjp_enclosure_sweep(op_name, fmt_name):
     check_enclosure(op_name, fmt_name, trials=20, rels=(2.0 ** -10, 2.0 ** -4, 2.0 ** -20))
+
+
+ADVERSARIAL_FORMATS = ["float8_e4m3fn", "float8_e4m3fn:overflow=saturate", "binary16",
+                       "bfloat16:rounding=zero", "decimal32"]
+
+
+@pytest.mark.parametrize("fmt_name", ADVERSARIAL_FORMATS)
+@pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
+def test_overflow_gets_an_infinite_bound(op_name, fmt_name):
+    """Inputs and upstream gradients at the edge of the range (the largest finite value, tiny
+    divisors, ``ĝ = 0`` meeting an overflowed intermediate): every rule gives ``inf`` where its
+    runtime value overflowed (NaN in e4m3fn, ±max when saturating), and the enclosures hold."""
+    check_enclosure(op_name, fmt_name, trials=2, adversarial=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt_name", SWEEP_FORMATS)
+@pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
+def test_overflow_gets_an_infinite_bound_sweep(op_name, fmt_name):
+    check_enclosure(op_name, fmt_name, trials=20, rels=(2.0 ** -10, 2.0 ** -4, 2.0 ** -20),
+                    adversarial=True)
 
 
 @pytest.mark.parametrize("fmt_name", FORMATS + ["binary64", "tf32"])

@@ -23,15 +23,17 @@ the underflow term of the format's subnormal mode (``Format.underflow_term``).
 These are helpers of the reduction rules (no primitive here): the terms are runtime values of
 the format, computed or checked by the caller. Overflow: a partial sum that overflows (±inf,
 NaN or a saturated ±max_finite) has the rounding term ``inf``, so its bound and every bound
-built on it are ``inf`` — never a finite wrong number. :func:`order_free_bound` assumes no
-rounding overflows; its callers guard it (:func:`overflow_guard`).
+built on it are ``inf`` — never a finite wrong number (an addition exact because an operand
+is 0 passes the other operand's value and bound on); :func:`accumulate`'s result goes through
+``bounds.rounding.guard_nonfinite`` as every rule output does. :func:`order_free_bound`
+assumes no rounding overflows; its callers guard it (:func:`overflow_guard`).
 """
 from __future__ import annotations
 
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import add_up, mul_up, up
 from ..formats import Format
 
@@ -63,8 +65,14 @@ def accumulate(fmt: Format, terms, eps, order: str = "sequential", axis: int = -
     """Reduce ``terms`` along ``axis`` with rounding after every addition, in ``order``.
 
     Returns ``(sum, bound)``: the runtime sum and an upper bound of ``|sum − Σ t_k|`` where the
-    ``t_k`` are the spec terms with ``|t̂_k − t_k| ≤ eps_k``. An empty reduction is exactly 0.
+    ``t_k`` are the spec terms with ``|t̂_k − t_k| ≤ eps_k`` (``inf`` where the sum
+    overflowed). An empty reduction is exactly 0.
     """
+    s, b = _accumulate(fmt, terms, eps, order, axis)
+    return s, guard_nonfinite(fmt, s, b)
+
+
+def _accumulate(fmt: Format, terms, eps, order: str, axis: int):
     order = check_order(order)
     t = np.moveaxis(np.asarray(terms), axis, -1)
     e = np.moveaxis(np.broadcast_to(np.asarray(eps, dtype=np.float64), np.asarray(terms).shape), axis, -1)

@@ -87,14 +87,14 @@ from functools import lru_cache
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import _saturates, rounding_term
+from ..bounds.rounding import _saturates, guard_nonfinite, rounding_term
 from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
 from . import checks, conv_kernels
 from .accumulate import check_order
 from .elementwise import mul_error
 from .interval import Interval
-from .linalg import _finite, order_free_dot_bound
+from .linalg import order_free_dot_bound
 from .primitive import Primitive, register
 from .reduce import _check_bool, order_free_sum_bound
 
@@ -416,17 +416,16 @@ def _bias_grad_generic(fmt, D, eD, order, with_bound, obj):
 
 
 # == order-free bounds: any summation order, blocking, FMA =====================================
-def _order_free(fmt: Format, S, P, n_terms, out) -> np.ndarray:
+def _order_free(fmt: Format, S, P, n_terms) -> np.ndarray:
     """:func:`~nfbound.ops.linalg.order_free_dot_bound` of every entry, from ``S ≥ Σ|â ŵ|``,
     ``P ≥ Σ(|â|ε_w + |ŵ|ε_a + ε_aε_w)`` and the number ``n_terms`` of live terms of its sum
-    (one per row of the index table: the last axis); ``inf`` where the runtime ``out`` is not
-    finite."""
+    (one per row of the index table: the last axis)."""
     n_full = np.broadcast_to(n_terms, S.shape)
     bound = np.empty(S.shape)
     for n in np.unique(n_terms):
         at = n_full == n
         bound[at] = order_free_dot_bound(fmt, S[at], int(n), P[at])
-    return np.where(_finite(out), bound, np.inf)
+    return bound
 
 
 def _abs_sums_step(S, P, a, ea, w, ew):
@@ -435,7 +434,7 @@ def _abs_sums_step(S, P, a, ea, w, ew):
     return add_up(S, mul_up(a, w)), add_up(P, mul_up(add_up(a, ea), ew), mul_up(w, ea))
 
 
-def _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out):
+def _gather_order_free(fmt, A, eA, W, eW, b, eb, table):
     """Order-free bound of ``out[n, co, t] = Σ_c Σ_j A[n, c, first[t, j]]·W[c, co,
     second[t, j]] (+ b[co])`` (the sums of :func:`_gather_reduce`): each sum has ``C·count[t]``
     live terms, the bias one more (the exact product ``b·1``)."""
@@ -457,10 +456,10 @@ def _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out):
         S = add_up(S, abs_up(b)[None, :, None])
         P = add_up(P, eb[None, :, None])
         n_terms = n_terms + 1
-    return _order_free(fmt, S, P, n_terms, out)
+    return _order_free(fmt, S, P, n_terms)
 
 
-def _weight_grad_order_free(fmt, X, eX, D, eD, table, out):
+def _weight_grad_order_free(fmt, X, eX, D, eD, table):
     """Order-free bound of ``g[co, ci, k] = Σ_n Σ_j X[n, ci, first[k, j]]·D[n, co,
     second[k, j]]`` (the sums of :func:`_weight_grad`; ``N·count[k]`` live terms)."""
     first, second, count = table
@@ -476,17 +475,16 @@ def _weight_grad_order_free(fmt, X, eX, D, eD, table, out):
             x = np.where(live, absX[n][:, fi], 0.0)[None]
             ex = np.where(live, eX[n][:, fi], 0.0)[None]
             S, P = _abs_sums_step(S, P, x, ex, absD[n][:, si][:, None], eD[n][:, si][:, None])
-    return _order_free(fmt, S, P, N * count, out)
+    return _order_free(fmt, S, P, N * count)
 
 
-def _bias_grad_order_free(fmt, D, eD, out):
+def _bias_grad_order_free(fmt, D, eD):
     """:func:`~nfbound.ops.reduce.order_free_sum_bound` of ``g[co] = Σ_{n, o} D[n, co, o]``
     (``N·P`` terms, format values with errors ``eD``)."""
     N, Co, Pn = D.shape
     flat = (lambda a: np.moveaxis(a, 1, 0).reshape(Co, N * Pn))
-    bound = order_free_sum_bound(fmt, sum_up(flat(abs_up(D)), axis=1), N * Pn,
-                                 sum_up(flat(eD), axis=1))
-    return np.where(_finite(out), bound, np.inf)
+    return order_free_sum_bound(fmt, sum_up(flat(abs_up(D)), axis=1), N * Pn,
+                                sum_up(flat(eD), axis=1))
 
 
 # == dispatch ==================================================================================
@@ -518,10 +516,11 @@ _DUMMY3 = np.zeros((1, 1, 1))
 def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, obj,
                    order_free=False):
     """``out[n, co, t] = Σ_c Σ_j RN(A[n, c, first]·W[c, co, second]) (+ b[co])`` with its
-    replay bound, or its order-free bound (``order_free``)."""
+    replay bound, or its order-free bound (``order_free``); ``inf`` where ``out`` overflowed
+    (:func:`_guarded`)."""
     if with_bound and order_free:
         out = _gather_reduce(fmt, A, None, W, None, b, None, table, order, False, engine, obj)[0]
-        return out, _gather_order_free(fmt, A, eA, W, eW, b, eb, table, out)
+        return _guarded(fmt, out, _gather_order_free(fmt, A, eA, W, eW, b, eb, table))
     if _compiled(fmt, order, engine, (A, W, b)):
         Co = W.shape[1]
         bias = _f64(b) if b is not None else np.zeros(Co)
@@ -530,35 +529,43 @@ def _gather_reduce(fmt, A, eA, W, eW, b, eb, table, order, with_bound, engine, o
             _f64(A), _f64(eA) if with_bound else _DUMMY3, _f64(W.transpose(0, 2, 1)),
             _f64(eW.transpose(0, 2, 1)) if with_bound else _DUMMY3, bias, ebias, *table,
             b is not None, with_bound, *_kernel_args(fmt))
-        return out, (bnd if with_bound else None)
-    return _gather_reduce_generic(fmt, A, eA, W, eW, b, eb, table, order, with_bound, obj)
+        return _guarded(fmt, out, bnd if with_bound else None)
+    return _guarded(fmt, *_gather_reduce_generic(fmt, A, eA, W, eW, b, eb, table, order,
+                                                 with_bound, obj))
 
 
 def _weight_grad(fmt, X, eX, D, eD, table, order, with_bound, engine, obj, order_free=False):
     """``g[co, ci, k] = Σ_n Σ_j RN(X[n, ci, first[k, j]]·D[n, co, second[k, j]])`` with its
-    replay (or order-free) bound."""
+    replay (or order-free) bound (:func:`_guarded`)."""
     if with_bound and order_free:
         out = _weight_grad(fmt, X, None, D, None, table, order, False, engine, obj)[0]
-        return out, _weight_grad_order_free(fmt, X, eX, D, eD, table, out)
+        return _guarded(fmt, out, _weight_grad_order_free(fmt, X, eX, D, eD, table))
     if _compiled(fmt, order, engine, (X, D)):
         out, bnd = conv_kernels.weight_grad(
             _f64(X), _f64(eX) if with_bound else _DUMMY3, _f64(D.transpose(0, 2, 1)),
             _f64(eD.transpose(0, 2, 1)) if with_bound else _DUMMY3, *table, with_bound,
             *_kernel_args(fmt))
-        return out, (bnd if with_bound else None)
-    return _weight_grad_generic(fmt, X, eX, D, eD, table, order, with_bound, obj)
+        return _guarded(fmt, out, bnd if with_bound else None)
+    return _guarded(fmt, *_weight_grad_generic(fmt, X, eX, D, eD, table, order, with_bound, obj))
 
 
 def _bias_grad(fmt, D, eD, order, with_bound, engine, obj, order_free=False):
-    """``g[co] = Σ_{n, o} D[n, co, o]`` with its replay (or order-free) bound."""
+    """``g[co] = Σ_{n, o} D[n, co, o]`` with its replay (or order-free) bound
+    (:func:`_guarded`)."""
     if with_bound and order_free:
         out = _bias_grad(fmt, D, None, order, False, engine, obj)[0]
-        return out, _bias_grad_order_free(fmt, D, eD, out)
+        return _guarded(fmt, out, _bias_grad_order_free(fmt, D, eD))
     if _compiled(fmt, order, engine, (D,)):
         out, bnd = conv_kernels.bias_grad(_f64(D), _f64(eD) if with_bound else _DUMMY3,
                                           with_bound, *_kernel_args(fmt))
-        return out, (bnd if with_bound else None)
-    return _bias_grad_generic(fmt, D, eD, order, with_bound, obj)
+        return _guarded(fmt, out, bnd if with_bound else None)
+    return _guarded(fmt, *_bias_grad_generic(fmt, D, eD, order, with_bound, obj))
+
+
+def _guarded(fmt: Format, out, bound):
+    """``(out, bound)`` with the bound ``inf`` where ``out`` overflowed
+    (``bounds.rounding.guard_nonfinite``; ``bound`` None without bounds)."""
+    return out, (None if bound is None else guard_nonfinite(fmt, out, bound))
 
 
 # == argument handling =========================================================================

@@ -15,7 +15,10 @@ representation error becoming the input's ``eps``. The ``*_error`` helpers (``mu
 values they computed themselves, do not re-check.
 
 Overflow and domain errors. A runtime result that overflows (±inf, NaN, or a saturated
-±max_finite) gets the bound ``inf`` — never a finite wrong number. Runtime division by zero
+±max_finite) gets the bound ``inf`` — never a finite wrong number: every rule, and every
+``*_error`` helper, passes its ``(runtime, bound)`` through ``bounds.rounding.guard_nonfinite``
+(a composed bound alone can miss it: ``0·inf = NaN`` charges no rounding for the exact zero
+factor, and ``mul_up(0, inf) = 0``). Runtime division by zero
 follows IEEE 754 (±inf, NaN) with an ``inf`` bound; ``sqrt`` of a negative runtime value raises
 ``ValueError``. The spec rules raise ``ValueError`` for a domain error of the enclosure: a
 divisor enclosure containing 0 (div, its VJP), a sqrt argument enclosure reaching below 0 (or
@@ -30,7 +33,7 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, exact_up, mul_up, up
 from ..formats import Format, fast
 from ..formats import reference
@@ -43,13 +46,6 @@ from .primitive import Primitive, register
 def _zero(x) -> np.ndarray:
     a = np.asarray(x)
     return np.vectorize(lambda v: v == 0, otypes=[bool])(a) if a.dtype == object else a == 0
-
-
-def _nan_to_inf(bound) -> np.ndarray:
-    """A bound computed from a NaN operand (an overflow upstream: e4m3fn, 0·inf) is ``inf``:
-    a NaN bound would fail silently in comparisons."""
-    b = np.asarray(bound, dtype=np.float64)
-    return np.where(np.isnan(b), np.inf, b)
 
 
 def _binary(fmt: Format, x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +93,7 @@ def add_bound(fmt: Format, xs, eps):
     x, y = _binary(fmt, *xs)
     ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
     z = fmt.add(x, y)
-    return add_up(ex, ey, rounding_term(fmt, z, _zero(x) | _zero(y)))
+    return guard_nonfinite(fmt, z, add_up(ex, ey, rounding_term(fmt, z, _zero(x) | _zero(y))))
 
 
 def add_vjp_runtime(fmt: Format, xs, g):
@@ -114,7 +110,8 @@ def add_vjp_spec(xs, g: Interval):
 def add_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """``(ε_g, ε_g)``: both gradients are copies of ``g``."""
     x, _ = _binary(fmt, *xs)
-    eg = _grad_eps(eps_g, _grad(fmt, g, x))
+    g = _grad(fmt, g, x)
+    eg = guard_nonfinite(fmt, g, _grad_eps(eps_g, g))
     return eg, eg
 
 
@@ -137,11 +134,13 @@ def mul_error(fmt: Format, x, ex, y, ey):
 
     From ``x̂ŷ − xy = x̂(ŷ − y) + ŷ(x̂ − x) − (x̂ − x)(ŷ − y)``; ``r`` is the rounding term of
     ``RN(x̂ŷ)``, 0 when a factor is 0. Tighter than TorchLean's ``(|x̂|+ε_x)ε_y + (|ŷ|+ε_y)ε_x + r``
-    by ``ε_x·ε_y``. Returns ``(RN(x̂ŷ), bound)``.
+    by ``ε_x·ε_y``. Returns ``(RN(x̂ŷ), bound)``, the bound ``inf`` where ``RN(x̂ŷ)`` overflowed
+    (``bounds.rounding.guard_nonfinite``: ``0·inf = NaN`` has ``r = 0`` and ``0·ε = 0``).
     """
     z = fmt.mul(x, y)
     r = rounding_term(fmt, z, _zero(x) | _zero(y))
-    return z, _nan_to_inf(add_up(mul_up(abs_up(x), ey), mul_up(abs_up(y), ex), mul_up(ex, ey), r))
+    return z, guard_nonfinite(fmt, z, add_up(mul_up(abs_up(x), ey), mul_up(abs_up(y), ex),
+                                             mul_up(ex, ey), r))
 
 
 def mul_bound(fmt: Format, xs, eps):
@@ -320,7 +319,8 @@ def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
     sign of ``ŷ``) and ``|y| ≥ floor`` (a known lower bound of the spec denominator, e.g. the
     ``c`` of :data:`safe_div`). ``r`` is the rounding term of ``RN(q̂)``, 0 when ``x̂ = 0 ≠ ŷ``.
     ``D`` is rounded down and every other step up. ``divide`` computes the runtime quotient
-    (default ``fmt.div``). Returns ``(RN(x̂/ŷ), bound)``.
+    (default ``fmt.div``). Returns ``(RN(x̂/ŷ), bound)``, the bound ``inf`` where ``RN(x̂/ŷ)``
+    overflowed (``bounds.rounding.guard_nonfinite``).
     """
     z = (divide or fmt.div)(x, y)
     exact = _zero(x) & ~_zero(y)
@@ -328,16 +328,18 @@ def div_error(fmt: Format, x, ex, y, ey, floor=0.0, divide=None):
     ay = _abs_down(y)
     den = np.maximum(_sub_down(ay, ey), floor)
     q = div_up(abs_up(x), ay)                     # |x̂/ŷ| rounded up (inf where ŷ = 0)
-    return z, _nan_to_inf(add_up(div_up(add_up(ex, mul_up(q, ey)), den), r))
+    return z, guard_nonfinite(fmt, z, add_up(div_up(add_up(ex, mul_up(q, ey)), den), r))
 
 
 def scale_error(fmt: Format, c: mpq, x, ex, mode: str | None = None):
     """Bound of ``|RN(c·x̂) − c·x|`` for an exact constant ``c``: ``|c|·ε_x + r``, ``r`` the
-    rounding term of ``RN(c·x̂)`` (0 when ``c = 0`` or ``x̂ = 0``). Returns ``(RN(c·x̂), bound)``."""
+    rounding term of ``RN(c·x̂)`` (0 when ``c = 0`` or ``x̂ = 0``). Returns ``(RN(c·x̂), bound)``,
+    the bound ``inf`` where ``RN(c·x̂)`` overflowed (``bounds.rounding.guard_nonfinite``)."""
     mode = mode or _constant_mode(fmt, c)
     z = _rn_op(fmt, "mul", _constant_array(c, x, mode), x, mode)
     exact = _zero(x) | (c == 0)
-    return z, _nan_to_inf(add_up(mul_up(exact_up(abs(c)), ex), rounding_term(fmt, z, exact)))
+    return z, guard_nonfinite(fmt, z, add_up(mul_up(exact_up(abs(c)), ex),
+                                             rounding_term(fmt, z, exact)))
 
 
 def _indicator(lo_mask, hi_mask) -> Interval:
@@ -392,7 +394,7 @@ def sub_bound(fmt: Format, xs, eps):
     ex, ey = _check_eps(("eps_x", "eps_y"), eps, (x, y))
     z = fmt.sub(x, y)
     exact = _zero(x) | _zero(y) | (_sterbenz(fmt, x, y) & (~_zero(z) | (x == y)))
-    return add_up(ex, ey, rounding_term(fmt, z, exact))
+    return guard_nonfinite(fmt, z, add_up(ex, ey, rounding_term(fmt, z, exact)))
 
 
 def sub_vjp_runtime(fmt: Format, xs, g):
@@ -407,9 +409,11 @@ def sub_vjp_spec(xs, g: Interval):
 
 
 def sub_vjp_bound(fmt: Format, xs, eps, g, eps_g):
-    """Both gradients are ``±g`` exactly: ``(ε_g, ε_g)``."""
+    """Both gradients are ``±g`` exactly: ``(ε_g, ε_g)`` (``inf`` where ``ĝ`` may be an
+    overflow: ``−ĝ`` is one exactly where ``ĝ`` is, formats being symmetric)."""
     x, _ = _binary(fmt, *xs)
-    eg = _grad_eps(eps_g, _grad(fmt, g, x))
+    g = _grad(fmt, g, x)
+    eg = guard_nonfinite(fmt, g, _grad_eps(eps_g, g))
     return eg, eg
 
 
@@ -429,8 +433,9 @@ def neg_spec(x: Interval) -> Interval:
 
 def neg_bound(fmt: Format, xs, eps):
     """``ε_x``: an exact, 1-Lipschitz op charges no rounding."""
-    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
-    return np.array(ex, dtype=np.float64)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    return guard_nonfinite(fmt, _neg(x), ex)
 
 
 def neg_vjp_runtime(fmt: Format, xs, g):
@@ -444,7 +449,8 @@ def neg_vjp_spec(xs, g: Interval):
 
 def neg_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     """``(ε_g,)``: negation is exact."""
-    return (_grad_eps(eps_g, _grad(fmt, g, _unary(fmt, xs)[0])),)
+    g = _grad(fmt, g, _unary(fmt, xs)[0])
+    return (guard_nonfinite(fmt, _neg(g), _grad_eps(eps_g, g)),)
 
 
 neg = register(Primitive("neg", neg_runtime, neg_spec, neg_bound, neg_vjp_runtime, neg_vjp_spec,
@@ -648,7 +654,12 @@ def safe_div_vjp_runtime(fmt: Format, xs, g, *, c):
     cq, mode, divide = _safe_setup(fmt, c)
     d = _safe_denominator(y, cq, mode)
     gy = fmt.mul(_neg(g), divide(divide(x, d), d))
-    return divide(g, d), np.where(_at_least(y, cq, mode), gy, _zero_of(gy))
+    return divide(g, d), _where_at_least(y, cq, mode, gy)
+
+
+def _where_at_least(y, c: mpq, mode: str, G) -> np.ndarray:
+    """``G·1[ŷ ≥ c]``: ``ClampMinBackward`` passes the gradient where ``ŷ ≥ c`` (exact)."""
+    return np.where(_at_least(y, c, mode), G, _zero_of(G))
 
 
 def safe_div_vjp_spec(xs, g: Interval, *, c):
@@ -684,7 +695,7 @@ def safe_div_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c):
     both_one = _sub_down(y_lo, ey) >= c_hi
     both_zero = add_up(y_hi, ey) < floor
     egy = np.where(both_one, e, np.where(both_zero, 0.0, add_up(abs_up(G), e)))
-    return egx, _nan_to_inf(egy)
+    return egx, guard_nonfinite(fmt, _where_at_least(y, cq, mode, G), egy)
 
 
 def _sample_safe_div(rng, fmt: Format):
@@ -710,16 +721,21 @@ def abs_spec(x: Interval) -> Interval:
 
 def abs_bound(fmt: Format, xs, eps):
     """``ε_x``: ``|·|`` is exact and 1-Lipschitz (``||x̂| − |x|| ≤ |x̂ − x|``)."""
-    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
-    return np.array(ex, dtype=np.float64)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    return guard_nonfinite(fmt, np.abs(x), ex)
 
 
 def abs_vjp_runtime(fmt: Format, xs, g):
     """``(g·sgn(x̂),)`` with ``sgn(0) = 0`` (PyTorch ``AbsBackward0``: ``grad * self.sgn()``);
     exact: the result is ``g``, ``−g`` or 0."""
-    (xa,) = _unary(fmt, xs)
-    g = _grad(fmt, g, xa)
-    return (np.where(xa > 0, g, np.where(xa < 0, _neg(g), _zero_of(g))),)
+    (x,) = _unary(fmt, xs)
+    return (_abs_vjp_values(x, _grad(fmt, g, x)),)
+
+
+def _abs_vjp_values(x, g) -> np.ndarray:
+    """``ĝ·sgn(x̂)`` of checked runtime values (``sgn(0) = 0``)."""
+    return np.where(x > 0, g, np.where(x < 0, _neg(g), _zero_of(g)))
 
 
 def abs_vjp_spec(xs, g: Interval):
@@ -745,9 +761,9 @@ def abs_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     ag = abs_up(g)
     zero = _zero(x)
     sure = _abs_down(x) > ex
-    return (_nan_to_inf(np.where(sure, eg,
-                                 np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eg)),
-                                          add_up(ag, ag, eg)))),)
+    b = np.where(sure, eg, np.where(zero, np.where(ex == 0, 0.0, add_up(ag, eg)),
+                                    add_up(ag, ag, eg)))
+    return (guard_nonfinite(fmt, _abs_vjp_values(x, g), b),)
 
 
 abs_ = register(Primitive("abs", abs_runtime, abs_spec, abs_bound, abs_vjp_runtime, abs_vjp_spec,
@@ -757,7 +773,11 @@ abs_ = register(Primitive("abs", abs_runtime, abs_spec, abs_bound, abs_vjp_runti
 # -- relu: z = max(x, 0) -------------------------------------------------------------------------
 def relu_runtime(fmt: Format, x):
     """``max(x, 0)`` elementwise (exact; +0 for ``x ≤ 0``)."""
-    x = checks.format_value("x", x, fmt)
+    return _relu_values(checks.format_value("x", x, fmt))
+
+
+def _relu_values(x) -> np.ndarray:
+    """``max(x̂, 0)`` of checked runtime values (+0 for ``x̂ ≤ 0``)."""
     return np.where(np.asarray(x) > 0, x, _zero_of(x))
 
 
@@ -767,15 +787,20 @@ def relu_spec(x: Interval) -> Interval:
 
 def relu_bound(fmt: Format, xs, eps):
     """``ε_x``: relu is exact and 1-Lipschitz."""
-    (ex,) = _check_eps(("eps_x",), eps, _unary(fmt, xs))
-    return np.array(ex, dtype=np.float64)
+    (x,) = _unary(fmt, xs)
+    (ex,) = _check_eps(("eps_x",), eps, (x,))
+    return guard_nonfinite(fmt, _relu_values(x), ex)
 
 
 def relu_vjp_runtime(fmt: Format, xs, g):
     """``(g·1[x̂ > 0],)`` — PyTorch's ``threshold_backward``: ``relu'(0) = 0`` (exact)."""
     (x,) = _unary(fmt, xs)
-    g = _grad(fmt, g, x)
-    return (np.where(np.asarray(x) > 0, g, _zero_of(g)),)
+    return (_relu_vjp_values(x, _grad(fmt, g, x)),)
+
+
+def _relu_vjp_values(x, g) -> np.ndarray:
+    """``ĝ·1[x̂ > 0]`` of checked runtime values."""
+    return np.where(np.asarray(x) > 0, g, _zero_of(g))
 
 
 def relu_vjp_spec(xs, g: Interval):
@@ -801,7 +826,8 @@ def relu_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     both_one = lo > ex
     both_zero = hi <= -ex
     unsure = np.where(positive, np.maximum(ag, eg), add_up(ag, eg))
-    return (_nan_to_inf(np.where(both_one, eg, np.where(both_zero, 0.0, unsure))),)
+    b = np.where(both_one, eg, np.where(both_zero, 0.0, unsure))
+    return (guard_nonfinite(fmt, _relu_vjp_values(x, g), b),)
 
 
 relu = register(Primitive("relu", relu_runtime, relu_spec, relu_bound, relu_vjp_runtime,
@@ -865,7 +891,7 @@ def sqrt_error(fmt: Format, x, ex):
     lo, _ = _float_lo_hi(x)
     den = np.maximum(_down(_sqrt_down(lo) + _sqrt_down(_sub_down(lo, ex))), 0.0)
     prop = np.minimum(div_up(ex, den), _sqrt_up(ex))
-    return z, _nan_to_inf(add_up(np.where(ex == 0, 0.0, prop), r))
+    return z, guard_nonfinite(fmt, z, add_up(np.where(ex == 0, 0.0, prop), r))
 
 
 def sqrt_bound(fmt: Format, xs, eps):

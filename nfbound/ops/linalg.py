@@ -51,7 +51,7 @@ import math
 import numba
 import numpy as np
 
-from ..bounds.rounding import _saturates
+from ..bounds.rounding import _saturates, guard_nonfinite
 from ..bounds.upward import abs_up, add_up, mul_up, sum_up
 from ..formats import Format
 from ..formats.fast import _ABS, FTZ, _bits, _from_bits, op_scalar, smallest_normal
@@ -174,7 +174,7 @@ def _matmul_rows(A, EA, BT, EBT, with_bound, p, emin, mx, rnd, ovf, simple, near
                     et = _add_step(et, _mul_up(abs(x), ea))
                     et = _add_step(et, _mul_up(ea, ex))
                     et = _add_step(et, rt)
-                    if et != et:                     # elementwise._nan_to_inf
+                    if et != et:                     # mul_error: a NaN bound is inf
                         et = math.inf
                 if j == 0:
                     s = t
@@ -322,7 +322,8 @@ def _contract(fmt: Format, A, EA, B, EB, order: str, order_free: bool, need_boun
     added to the rounded sums at runtime, last (``RN(C + b)``). Its bound: the replay rule of
     that addition (``rounded_add``), or, with ``order_free``, ``b`` as term ``n + 1`` of the
     order-free bound (:func:`_mm3_order_free`) — so that a library adding the bias first, or
-    in an FMA, is covered too."""
+    in an FMA, is covered too. The bound is ``inf`` where ``C`` overflowed
+    (``bounds.rounding.guard_nonfinite``)."""
     C, E = _mm3(fmt, A, EA, B, EB, order, need_bound and not order_free)
     if bias is not None:
         b = np.broadcast_to(bias[0], C.shape)
@@ -333,15 +334,8 @@ def _contract(fmt: Format, A, EA, B, EB, order: str, order_free: bool, need_boun
     if need_bound and order_free:
         ob = None if bias is None else (np.broadcast_to(bias[0], C.shape),
                                         np.broadcast_to(bias[1], C.shape))
-        E = np.where(_finite(C), _mm3_order_free(fmt, A, EA, B, EB, ob), np.inf)
-    return C, E
-
-
-def _finite(x) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype == object:
-        return np.vectorize(lambda v: not isinstance(v, float), otypes=[bool])(a)
-    return np.isfinite(a)
+        E = _mm3_order_free(fmt, A, EA, B, EB, ob)
+    return C, (None if E is None else guard_nonfinite(fmt, C, E))
 
 
 # =============================================================================================
@@ -809,9 +803,8 @@ def _linear_vjp(fmt: Format, xs, eps, g, eg, order: str, order_free: bool, need_
         grads.append(np.asarray(db).reshape(nout))
         if need_bound:
             if order_free:
-                edb = order_free_sum_bound(fmt, sum_up(abs_up(G2), axis=0), R,
-                                           sum_up(EG[0], axis=0))
-                edb = np.where(_finite(db), edb, np.inf)
+                edb = guard_nonfinite(fmt, db, order_free_sum_bound(
+                    fmt, sum_up(abs_up(G2), axis=0), R, sum_up(EG[0], axis=0)))
             bounds.append(np.asarray(edb, dtype=np.float64).reshape(nout))
     return tuple(grads), (None if bounds is None else tuple(bounds))
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import add_up, div_up, exact_array_up, mul_up
 from ..formats import Format
 from . import checks
@@ -76,9 +76,10 @@ def _check_mse(fmt: Format, input, target):
 
 def _diff_error(fmt: Format, x, ex, t, et):
     """``(d̂, ε_d)`` with ``d̂ = RN(x̂ − t̂)``: ``ε_d = ε_x + ε_t + r`` (``r = 0`` when an operand
-    is 0: the subtraction is then exact)."""
+    is 0: the subtraction is then exact), ``inf`` where ``d̂`` overflowed."""
     d = fmt.sub(x, t)
-    return d, add_up(ex, et, rounding_term(fmt, d, _zero(x) | _zero(t)))
+    return d, guard_nonfinite(fmt, d, add_up(ex, et,
+                                             rounding_term(fmt, d, _zero(x) | _zero(t))))
 
 
 def mse_loss_runtime(fmt: Format, input, target, *, order: str = "sequential"):
@@ -314,7 +315,7 @@ def _ce_rows_error(fmt: Format, x, ex, t, order: str):
     et = np.take_along_axis(delta, t[:, None], axis=1)[:, 0]
     rows = fmt.sub(l, dt)
     A = add_up(lam, et, rounding_term(fmt, rows, _zero(l) | _zero(dt)))
-    return rows, np.where(_finite(rows), A, np.inf)
+    return rows, guard_nonfinite(fmt, rows, A)
 
 
 def _is_one(s) -> np.ndarray:
@@ -339,7 +340,7 @@ def _ce_rows_bound(fmt: Format, x, ex, t, order: str):
     e_star = np.take_along_axis(_excluded_max(ex), t[:, None], axis=1)[:, 0]
     e_t = np.take_along_axis(ex, t[:, None], axis=1)[:, 0]
     B = add_up(mul_up(lam_t, add_up(e_t, e_star)), A0)
-    return rows, np.where(_finite(rows), np.fmin(A, B), np.inf)
+    return rows, guard_nonfinite(fmt, rows, np.fmin(A, B))
 
 
 def cross_entropy_bound(fmt: Format, xs, eps, *, order: str = "sequential"):
@@ -417,7 +418,7 @@ def cross_entropy_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
     ev = add_up(ey, rounding_term(fmt, v, off | half | _zero(y)))
     k, ek = divide_by_count_error(fmt, g, eg, x.shape[0])
     out, eo = mul_error(fmt, v, ev, np.broadcast_to(k, v.shape), np.broadcast_to(ek, v.shape))
-    return (out, None), (np.where(_finite(out), eo, np.inf), None)
+    return (out, None), (eo, None)
 
 
 def _at_least_half(y) -> np.ndarray:

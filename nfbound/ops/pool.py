@@ -47,7 +47,7 @@ import numba
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import abs_up, add_up, div_up
 from ..formats import Format, fast
 from . import checks
@@ -145,7 +145,8 @@ def scatter_windows(fmt: Format | None, contrib, in_shape, k, s, p, out, eps=Non
     positions are dropped.
 
     With ``eps`` (bounds of the contributions), also returns the replay bound
-    ``Σ δ + Σ r_k`` per position (``rounded_add``: ``r = 0`` when an operand is 0).
+    ``Σ δ + Σ r_k`` per position (``rounded_add``: ``r = 0`` when an operand is 0), ``inf``
+    where the sum overflowed (``bounds.rounding.guard_nonfinite``).
     """
     c = np.asarray(contrib)
     padded = in_shape[:2] + tuple(n + 2 * pi for n, pi in zip(in_shape[2:], p))
@@ -163,7 +164,7 @@ def scatter_windows(fmt: Format | None, contrib, in_shape, k, s, p, out, eps=Non
     crop = (Ellipsis,) + tuple(slice(pi, pi + n) for pi, n in zip(p, in_shape[2:]))
     if eps is None:
         return acc[crop].copy()
-    return acc[crop].copy(), acc_e[crop].copy()
+    return acc[crop].copy(), guard_nonfinite(fmt, acc[crop], acc_e[crop])
 
 
 def _check_input(fmt: Format, x) -> np.ndarray:
@@ -229,7 +230,8 @@ def sequential_sum(fmt: Format, terms, eps=None, order: str = "sequential", axis
     terms): the same rounded additions, bit for bit, and the same upward replay
     ``e_k = up(up(e_{k−1} + ε_k) + r_k)`` with ``r_k = rounding_term(ŝ_k)`` (0 when an operand
     is 0) — only without a Python loop over the terms. Other cases call ``accumulate``.
-    Returns ``(sum, bound)``; ``bound`` is ``None`` when ``eps`` is ``None``.
+    Returns ``(sum, bound)``; ``bound`` is ``None`` when ``eps`` is ``None``, ``inf`` where the
+    sum overflowed (``bounds.rounding.guard_nonfinite``, as ``accumulate``).
     """
     order = check_order(order)
     t = np.asarray(terms)
@@ -255,7 +257,8 @@ def sequential_sum(fmt: Format, terms, eps=None, order: str = "sequential", axis
     exact = np.zeros(t2.shape, dtype=bool)
     exact[:, 1:] = (P[:, :-1] == 0) | (t2[:, 1:] == 0)
     r = rounding_term(fmt, P, exact)
-    return total, _seq_replay(e2, np.ascontiguousarray(r)).reshape(out_shape)
+    return total, guard_nonfinite(fmt, total,
+                                  _seq_replay(e2, np.ascontiguousarray(r)).reshape(out_shape))
 
 
 # -- division by an exact positive integer --------------------------------------------------
@@ -290,9 +293,11 @@ def divide_by_count(fmt: Format, s, n: int):
 def divide_by_count_error(fmt: Format, s, es, n: int):
     """``(RN(ŝ/n), ε_s/n + r)``: ``|RN(ŝ/n) − s/n| ≤ |ŝ − s|/n + |RN(ŝ/n) − ŝ/n|`` — the
     division rule ``(ε_a + |â/b̂|·ε_b)/(b̂ − ε_b) + r`` with an exact divisor (``ε_b = 0``);
-    ``r = 0`` when ``ŝ = 0`` (exact)."""
+    ``r = 0`` when ``ŝ = 0`` (exact); ``inf`` where ``RN(ŝ/n)`` overflowed
+    (``bounds.rounding.guard_nonfinite``)."""
     y = divide_by_count(fmt, s, n)
-    return y, add_up(div_up(es, float(n)), rounding_term(fmt, y, _zero(s)))
+    return y, guard_nonfinite(fmt, y, add_up(div_up(es, float(n)),
+                                             rounding_term(fmt, y, _zero(s))))
 
 
 # -- max_pool ------------------------------------------------------------------------------------
@@ -313,7 +318,12 @@ def max_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0):
     x = _check_input(fmt, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _neg_fill(x))
-    return np.take_along_axis(xw, _argmax(xw)[..., None], axis=-1)[..., 0]
+    return _at(xw, _argmax(xw))
+
+
+def _at(xw: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The entry at index ``t`` of every window (last axis)."""
+    return np.take_along_axis(xw, t[..., None], axis=-1)[..., 0]
 
 
 def max_pool_spec(x: Interval, *, kernel_size, stride=None, padding=0) -> Interval:
@@ -370,8 +380,8 @@ def max_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0)
     e = checks.eps_like("eps", ex, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw, ew, low, high = _window_bounds(x, e, k, s, p, out)
-    _, cand, _ = _candidates(xw, low, high)
-    return np.max(np.where(cand, ew, 0.0), axis=-1)
+    t, cand, _ = _candidates(xw, low, high)
+    return guard_nonfinite(fmt, _at(xw, t), np.max(np.where(cand, ew, 0.0), axis=-1))
 
 
 def max_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, padding=0):

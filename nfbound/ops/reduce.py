@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, sum_up
 from ..formats import Format, fast
 from . import checks
@@ -66,9 +66,10 @@ def stream_reduce(fmt: Format, n: int, term: Term, order: str = "sequential",
     Returns ``(sum, bound)`` (``bound`` is ``None`` when ``need_bound`` is false; ``term`` may
     then return ``ε_j = None``). The additions and the bound arithmetic are exactly those of
     :func:`~nfbound.ops.accumulate.accumulate` on the stacked terms (``t_0`` is taken as the
-    exact ``0 + t_0``; ``rounded_add`` for every other addition), so the results are identical;
-    only the terms are produced lazily, one reduction index at a time. ``zero`` is the value of
-    an empty reduction (an array of the output shape).
+    exact ``0 + t_0``; ``rounded_add`` for every other addition; the result through
+    ``bounds.rounding.guard_nonfinite``), so the results are identical; only the terms are
+    produced lazily, one reduction index at a time. ``zero`` is the value of an empty reduction
+    (an array of the output shape).
 
     * ``"pairwise"`` is evaluated with a stack (a binary counter): pushing ``t_j`` merges the
       two top entries while they hold equally many terms, and the remaining entries are merged
@@ -83,14 +84,17 @@ def stream_reduce(fmt: Format, n: int, term: Term, order: str = "sequential",
         z = np.asarray(zero)
         return z, (np.zeros(z.shape) if need_bound else None)
     if order == "sequential":
-        return _sequential(fmt, range(n), term, need_bound)
-    if order == "reversed":
-        return _sequential(fmt, range(n - 1, -1, -1), term, need_bound)
-    if order == "pairwise":
-        return _pairwise(fmt, n, term, need_bound)
-    B = int(order.split(":", 1)[1])
-    blocks = [_sequential(fmt, range(i, min(i + B, n)), term, need_bound) for i in range(0, n, B)]
-    return _sequential(fmt, range(len(blocks)), blocks.__getitem__, need_bound)
+        s, e = _sequential(fmt, range(n), term, need_bound)
+    elif order == "reversed":
+        s, e = _sequential(fmt, range(n - 1, -1, -1), term, need_bound)
+    elif order == "pairwise":
+        s, e = _pairwise(fmt, n, term, need_bound)
+    else:
+        B = int(order.split(":", 1)[1])
+        blocks = [_sequential(fmt, range(i, min(i + B, n)), term, need_bound)
+                  for i in range(0, n, B)]
+        s, e = _sequential(fmt, range(len(blocks)), blocks.__getitem__, need_bound)
+    return s, (None if e is None else guard_nonfinite(fmt, s, e))
 
 
 def _add(fmt: Format, a, b, need_bound: bool):
@@ -168,9 +172,9 @@ def _add_dir(a, b, upward: bool = True) -> np.ndarray:
         s = a + b
         bb = s - a
         rho = (a - (s - bb)) + (b - bb)
-    if upward:
-        return np.where(np.isfinite(s) & (rho > 0), np.nextafter(s, np.inf), s)
-    return np.where(np.isfinite(s) & (rho < 0), np.nextafter(s, -np.inf), s)
+        if upward:
+            return np.where(np.isfinite(s) & (rho > 0), np.nextafter(s, np.inf), s)
+        return np.where(np.isfinite(s) & (rho < 0), np.nextafter(s, -np.inf), s)
 
 
 def _is_zero(x) -> np.ndarray:
@@ -288,7 +292,8 @@ def sum_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
 
     Replay (default): ``e_k = e_{k−1} + ε_k + r_k`` along the chosen order (``r_k = 0`` for an
     exact addition of 0). ``order_free``: :func:`order_free_sum_bound` — holds for the sum
-    computed in any order by anyone (so for the runtime in every ``order``).
+    computed in any order by anyone (so for the runtime in every ``order``). Either is ``inf``
+    where the sum overflowed (``bounds.rounding.guard_nonfinite``).
     """
     x = checks.format_value("x", x, fmt)
     ax = _axis(x, axis)
@@ -300,15 +305,8 @@ def sum_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
                          zero=_zeros_like_runtime(x, t.shape[:-1]))
     if order_free:
         e = order_free_sum_bound(fmt, sum_up(abs_up(t), axis=-1), n, sum_up(et, axis=-1))
-        e = np.where(_finite_runtime(s), e, np.inf)
+    e = guard_nonfinite(fmt, s, e)
     return _finish(s, x.shape, ax, keepdims), _finish(e, x.shape, ax, keepdims)
-
-
-def _finite_runtime(s) -> np.ndarray:
-    a = np.asarray(s)
-    if a.dtype == object:
-        return np.vectorize(lambda v: not isinstance(v, float), otypes=[bool])(a)
-    return np.isfinite(a)
 
 
 def sum_runtime(fmt: Format, x, *, axis: int | None = None, keepdims: bool = False,
@@ -360,8 +358,8 @@ def sum_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False,
     x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
     _check_out(g, np.shape(x), ax, keepdims)
-    eg = checks.eps_like("eps_g", eps_g, g)
-    return (_expand(eg, np.shape(x), ax, keepdims, "eps_g").astype(np.float64),)
+    eg = guard_nonfinite(fmt, g, checks.eps_like("eps_g", eps_g, g))
+    return (_expand(eg, np.shape(x), ax, keepdims, "eps_g"),)
 
 
 sum = register(Primitive("sum", sum_runtime, sum_spec, sum_bound, sum_vjp_runtime,  # noqa: A001
@@ -411,7 +409,8 @@ def mean_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fal
     n = _count(np.shape(x), ax)
     s, es = sum_error(fmt, x, ex, ax, keepdims, order, order_free)
     q = div_by_count(fmt, s, n)
-    return q, add_up(div_up(es, float(n)), rounding_term(fmt, q, _is_zero(s)))
+    b = add_up(div_up(es, float(n)), rounding_term(fmt, q, _is_zero(s)))
+    return q, guard_nonfinite(fmt, q, b)
 
 
 def mean_runtime(fmt: Format, x, *, axis=None, keepdims=False, order="sequential",
@@ -469,8 +468,9 @@ def mean_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False,
     _check_out(g, np.shape(x), ax, keepdims)
     eg = checks.eps_like("eps_g", eps_g, g)
     q = div_by_count(fmt, g, n)
-    b = add_up(div_up(eg, float(n)), rounding_term(fmt, q, _is_zero(g)))
-    return (_expand(b, np.shape(x), ax, keepdims, "eps_g").astype(np.float64),)
+    b = guard_nonfinite(fmt, q, add_up(div_up(eg, float(n)),
+                                       rounding_term(fmt, q, _is_zero(g))))
+    return (_expand(b, np.shape(x), ax, keepdims, "eps_g"),)
 
 
 mean = register(Primitive("mean", mean_runtime, mean_spec, mean_bound, mean_vjp_runtime,
@@ -531,7 +531,7 @@ def max_error(fmt: Format, x, ex, axis: int | None = None, keepdims: bool = Fals
     lo_k = np.take_along_axis(lo, k[..., None], axis=-1)[..., 0]
     d = np.maximum(_add_dir(top, -lo_k), 0.0)
     e_k = np.take_along_axis(e, k[..., None], axis=-1)[..., 0]
-    b = np.minimum(np.max(e, axis=-1), np.maximum(e_k, d))
+    b = guard_nonfinite(fmt, m, np.minimum(np.max(e, axis=-1), np.maximum(e_k, d)))
     return _finish(m, x.shape, ax, keepdims), _finish(b, x.shape, ax, keepdims)
 
 
@@ -544,11 +544,15 @@ def max_vjp_runtime(fmt: Format, xs, g, *, axis=None, keepdims=False):
     """``g`` at the first runtime argmax along the axis, 0 elsewhere (``torch.max(x, dim)``)."""
     x, g = _vjp_args(fmt, xs, g)
     ax = _axis(x, axis)
-    t, _, k = _max_parts(x, ax)
-    gk = _to_last(_expand(g, x.shape, ax, keepdims), ax)
-    out = _zeros_like_runtime(gk, t.shape)
-    np.put_along_axis(out, k[..., None], np.take_along_axis(gk, k[..., None], axis=-1), axis=-1)
-    return (_from_last(out, x.shape, ax),)
+    _, _, k = _max_parts(x, ax)
+    return (_from_last(_at_argmax(g, x.shape, ax, keepdims, k)[0], x.shape, ax),)
+
+
+def _at_argmax(g, shape: tuple, axis: int | None, keepdims: bool, k: np.ndarray):
+    """``(ĝ at the argmax k, 0 elsewhere; the mask of k)`` along the reduced axis moved last."""
+    gk = _to_last(_expand(g, shape, axis, keepdims), axis)
+    at_k = np.arange(gk.shape[-1]) == np.asarray(k)[..., None]
+    return np.where(at_k, gk, _zeros_like_runtime(gk, gk.shape)), at_k
 
 
 def _from_last(a: np.ndarray, shape: tuple, axis: int | None) -> np.ndarray:
@@ -626,8 +630,7 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
     lower = _add_dir(lo, -e, upward=False)
     L = np.max(lower, axis=-1, keepdims=True)
     cand = upper >= L
-    at_k = np.zeros(t.shape, dtype=bool)
-    np.put_along_axis(at_k, k[..., None], True, axis=-1)
+    routed, at_k = _at_argmax(g, x.shape, ax, keepdims, k)
     cand |= at_k
     sure = (cand.sum(axis=-1) == 1)[..., None]
     ga = _to_last(_expand(abs_up(g), x.shape, ax, keepdims), ax)
@@ -635,7 +638,7 @@ def max_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, axis=None, keepdims=False):
                           keepdims, "eps_g"), ax)
     b = np.where(at_k, np.where(sure, eg, np.maximum(ga, eg)),
                  np.where(cand & ~sure, _add_dir(ga, eg), 0.0))
-    return (_from_last(np.asarray(b, dtype=np.float64), x.shape, ax),)
+    return (_from_last(guard_nonfinite(fmt, routed, b), x.shape, ax),)
 
 
 def _sample_max(rng, fmt: Format):

@@ -11,8 +11,10 @@ Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upst
 ``g`` must be finite values of the format (``checks.format_value``; a ``ValueError`` names the
 argument otherwise), and ``g`` must have the output's shape (not merely its size).
 
-Overflow and domain errors: none — no arithmetic happens, so no rounding, no overflow and
-no domain error; an invalid ``shape``/``start_dim``/``end_dim`` raises ``ValueError``.
+Overflow and domain errors: no arithmetic happens, so no rounding, no overflow and no domain
+error; an invalid ``shape``/``start_dim``/``end_dim`` raises ``ValueError``. A ``±max_finite``
+value of a saturating format (maybe an upstream overflow) keeps the bound ``inf``, as every
+rule's output does (``bounds.rounding.guard_nonfinite``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numbers
 
 import numpy as np
 
+from ..bounds.rounding import guard_nonfinite
 from ..formats import Format
 from . import checks
 from .interval import Interval
@@ -97,7 +100,8 @@ def reshape_bound(fmt: Format, xs, eps, *, shape):
     position by position)."""
     (x,), (ex,) = xs, eps
     x = checks.format_value("x", x, fmt)
-    return np.reshape(checks.eps_like("eps", ex, x), _target_shape(shape, np.size(x))).copy()
+    return np.reshape(guard_nonfinite(fmt, x, checks.eps_like("eps", ex, x)),
+                      _target_shape(shape, np.size(x)))
 
 
 def reshape_vjp_runtime(fmt: Format, xs, g, *, shape):
@@ -116,7 +120,8 @@ def reshape_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, shape):
     x, g = _vjp_args(fmt, xs, g)
     out = _target_shape(shape, np.size(x))
     _back(g, np.shape(x), out, "g")
-    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), out, "eps_g").copy(),)
+    return (_back(guard_nonfinite(fmt, g, checks.eps_like("eps_g", eps_g, g)), np.shape(x), out,
+                  "eps_g"),)
 
 
 def _vjp_args(fmt: Format, xs, g):
@@ -162,8 +167,8 @@ def flatten_bound(fmt: Format, xs, eps, *, start_dim: int = 1, end_dim: int = -1
     """``ε`` flattened the same way (exact op, no rounding term)."""
     (x,), (ex,) = xs, eps
     x = checks.format_value("x", x, fmt)
-    return np.reshape(checks.eps_like("eps", ex, x),
-                      _flat_shape(np.shape(x), start_dim, end_dim)).copy()
+    return np.reshape(guard_nonfinite(fmt, x, checks.eps_like("eps", ex, x)),
+                      _flat_shape(np.shape(x), start_dim, end_dim))
 
 
 def flatten_vjp_runtime(fmt: Format, xs, g, *, start_dim: int = 1, end_dim: int = -1):
@@ -181,7 +186,8 @@ def flatten_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, start_dim: int = 1, end
     x, g = _vjp_args(fmt, xs, g)
     out = _flat_shape(np.shape(x), start_dim, end_dim)
     _back(g, np.shape(x), out, "g")
-    return (_back(checks.eps_like("eps_g", eps_g, g), np.shape(x), out, "eps_g").copy(),)
+    return (_back(guard_nonfinite(fmt, g, checks.eps_like("eps_g", eps_g, g)), np.shape(x), out,
+                  "eps_g"),)
 
 
 def _sample_flatten(rng, fmt: Format):

@@ -37,7 +37,7 @@ import numbers
 import numpy as np
 from gmpy2 import mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import add_up, div_up, exact_array_up, exp_up, mul_up, sum_up, up
 from ..formats import Format
 from . import checks
@@ -140,7 +140,8 @@ def exp_safe_error(fmt: Format, d, ed):
 
     The second term is the range rule: ``ê`` and ``e^d`` both lie in ``[0, max(ê, e^(d̂+ε))]``.
     It matters when a huge ``ε_d`` (the rounding term of ``x̂ − m̂`` for far-apart logits) meets
-    a tiny ``e^d̂``: ``e^d̂(e^ε − 1)`` overflows while both values are ≈ 0."""
+    a tiny ``e^d̂``: ``e^d̂(e^ε − 1)`` overflows while both values are ≈ 0. ``η = inf`` where
+    ``ê`` overflowed (``bounds.rounding.guard_nonfinite``)."""
     d = np.asarray(d)
     ok = _finite(d)
     e = exp_safe(fmt, d)
@@ -154,7 +155,7 @@ def exp_safe_error(fmt: Format, d, ed):
         with np.errstate(over="ignore", invalid="ignore"):
             rng = np.fmax(e_hi, exp_up(add_up(d_hi, ek)))
         eta[ok] = np.fmin(rule, rng)
-    return e, eta
+    return e, guard_nonfinite(fmt, e, eta)
 
 
 def stable_exp_sum(fmt: Format, x, order: str = "sequential"):
@@ -234,7 +235,7 @@ def softmax_last(fmt: Format, x, order: str = "sequential"):
 
 def softmax_last_error(fmt: Format, x, ex, order: str = "sequential"):
     """``(ŷ, ε)`` along the last axis with ``ε = min(A, B, max(ŷ, 1 − ŷ))`` (``inf`` where ``ŷ``
-    is not finite). All three are sound:
+    overflowed: ``bounds.rounding.guard_nonfinite``). All three are sound:
 
     **A (composition of the step rules).** With ``δ, η, σ`` of :func:`stable_exp_sum_error`,
     the division rule ``|ê/ŝ − e/s| ≤ (η + |ê/ŝ|·σ)/s`` (from
@@ -262,9 +263,7 @@ def softmax_last_error(fmt: Format, x, ex, order: str = "sequential"):
     kappa = np.fmin(0.25, np.fmin(H, Lam))
     L = mul_up(kappa, add_up(ex, _excluded_max(ex)))
     B = add_up(L, A0)
-    ok = _finite(y)
-    bound = np.fmin(np.fmin(A, B), _range_cap(y, ok))
-    return y, np.where(ok, bound, np.inf)
+    return y, guard_nonfinite(fmt, y, np.fmin(np.fmin(A, B), _range_cap(y, _finite(y))))
 
 
 def _range_cap(y, ok) -> np.ndarray:
@@ -293,7 +292,7 @@ def _softmax_composed(fmt: Format, x, ex, order):
     sb = np.broadcast_to(s[..., None], x.shape)
     sig = np.broadcast_to(sigma[..., None], x.shape)
     y, A = div_error(fmt, e, eta, sb, sig, floor=floor)
-    return np.asarray(y), np.where(_finite(y), A, np.inf)
+    return np.asarray(y), A
 
 
 # =============================================================================================
@@ -436,8 +435,7 @@ def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: s
     w = fmt.sub(gl, cb)
     ew = add_up(egl, np.broadcast_to(np.asarray(ec)[..., None], gl.shape),
                 rounding_term(fmt, w, _zero(gl) | _zero(cb)))
-    out, eo = mul_error(fmt, y, ey, w, ew)
-    eo = np.where(_finite(out), eo, np.inf)
+    _, eo = mul_error(fmt, y, ey, w, ew)
     return (np.asarray(_from_last(eo, ax), dtype=np.float64),)
 
 

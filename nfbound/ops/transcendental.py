@@ -61,7 +61,7 @@ import gmpy2
 import numpy as np
 from gmpy2 import mpfr, mpq
 
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import add_up, div_up, exact_array_up, exact_up, exp_up, expm1_up, mul_up, up
 from ..formats import Format
 from ..formats.reference import mag, round_rational, to_exact
@@ -137,13 +137,19 @@ def _mpfr_endpoint(name: str, x: mpq, prec: int, upper: bool) -> mpq:
     return mpq(r)
 
 
+def _show(x: mpq) -> str:
+    """``x`` to 6 significant digits for a message (any magnitude: ``float`` would overflow
+    beyond binary64's range, e.g. decimal64 values)."""
+    return f"{mpfr(x, 53):.6g}"
+
+
 def _asymptote(name: str, x: mpq, upper: bool) -> mpq:
     """Enclosure ends for ``|x| > 2^20`` (no MPFR): with ``τ = 2^−16384 > 2^−|x|``,
     ``0 < 1 − tanh|x| < 2e^−2|x| < τ``, ``0 < 1 − σ(x) = σ(−x) < e^−x < τ`` (x > 0),
     ``0 < σ(x), e^x, softplus(x) < e^x < τ`` (x < 0), ``0 < softplus(x) − x < e^−x < τ``."""
     if name == "exp":
         if x > 0:
-            raise ValueError(f"exp: x = {float(x):.6g} exceeds 2^20; e^x has no finite rational "
+            raise ValueError(f"exp: x = {_show(x)} exceeds 2^20; e^x has no finite rational "
                              "enclosure of reasonable size")
         return _TINY if upper else mpq(0)
     if name == "tanh":
@@ -169,7 +175,7 @@ def enclose(name: str, x: mpq, prec: int = SPEC_PRECISION, upper: bool | None = 
     if v is not None:
         return (v, v) if upper is None else v
     if name == "log" and x <= 0:
-        raise ValueError(f"log: argument {float(x):.6g} is not positive")
+        raise ValueError(f"log: argument {_show(x)} is not positive")
     far = name != "log" and abs(x) > X_BIG
     one = (lambda up_: _asymptote(name, x, up_)) if far else \
         (lambda up_: _mpfr_endpoint(name, x, prec, up_))
@@ -267,7 +273,7 @@ def correctly_rounded(name: str, fmt: Format, x) -> object:
     if v is not None:
         return round_rational(v, fmt)
     if name != "log" and abs(x) > X_BIG:
-        raise ValueError(f"{name}: x = {float(x):.6g} is too large in magnitude (> 2^20) for an "
+        raise ValueError(f"{name}: x = {_show(x)} is too large in magnitude (> 2^20) for an "
                          f"exact evaluation in format {fmt} (no overflow/underflow threshold "
                          "decides it)")
     prec = _start_precision(fmt)
@@ -414,10 +420,8 @@ def _bell(E_dn, E_up) -> np.ndarray:
 
 
 def _finish(prop, eps, r) -> np.ndarray:
-    """``prop + r``; exactly ``r`` where ``ε = 0`` (then ``prop = 0``); ``inf`` where ``r`` is
-    (an overflowed runtime never gets a finite bound)."""
-    out = np.where(eps == 0, r, add_up(prop, r))
-    return np.where(np.isinf(r) | np.isnan(r), np.inf, out)
+    """``prop + r``; exactly ``r`` where ``ε = 0`` (then ``prop = 0``)."""
+    return np.where(eps == 0, r, add_up(prop, r))
 
 
 def _unary_eps(fmt: Format, xs, eps):
@@ -454,17 +458,6 @@ def _exact_difference(a, b, out) -> np.ndarray:
                                   np.asarray(O, dtype=object))
     f = np.frompyfunc(lambda p, q, o: (not isinstance(o, float)) and to_exact(o) == to_exact(p) - to_exact(q), 3, 1)
     return np.asarray(f(A, B, O), dtype=bool)
-
-
-def _inf_where_nonfinite(out, bound) -> np.ndarray:
-    """``inf`` wherever the runtime result is ±inf or NaN (0·inf in a product, overflow)."""
-    a = np.asarray(out)
-    if a.dtype == object:
-        bad = np.vectorize(lambda v: isinstance(v, float) and not math.isfinite(v),
-                           otypes=[bool])(a)
-    else:
-        bad = ~np.isfinite(np.asarray(a, dtype=np.float64))
-    return np.where(bad, np.inf, bound)
 
 
 def _spec_map(name: str, x: Interval) -> Interval:
@@ -531,13 +524,14 @@ def exp_bound(fmt: Format, xs, eps):
 
 def exp_error(fmt: Format, x, e):
     """``(RN(e^x̂), bound)`` of :func:`exp_bound` for runtime values ``x̂`` (not re-checked)
-    and a float64 input bound ``e`` of their shape."""
+    and a float64 input bound ``e`` of their shape; the bound is ``inf`` where ``RN(e^x̂)``
+    overflowed (``bounds.rounding.guard_nonfinite``)."""
     y, exact = _apply("exp", fmt, x)
     r = rounding_term(fmt, y, exact)
     _, x_hi = _lo_hi(x)
     _, y_hi = _lo_hi(y)
     E = np.fmin(exp_up(x_hi), add_up(y_hi, r))
-    return y, _finish(mul_up(E, expm1_up(e)), e, r)
+    return y, guard_nonfinite(fmt, y, _finish(mul_up(E, expm1_up(e)), e, r))
 
 
 def exp_vjp_runtime(fmt: Format, xs, g):
@@ -556,8 +550,7 @@ def exp_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     x, e = _unary_eps(fmt, xs, eps)
     g = _check_g(fmt, g, x)
     y, ey = exp_error(fmt, x, e)
-    out, b = mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), y, ey)
-    return (_inf_where_nonfinite(out, b),)
+    return (mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), y, ey)[1],)
 
 
 exp = register(Primitive("exp", exp_runtime, exp_spec, exp_bound, exp_vjp_runtime,
@@ -582,10 +575,10 @@ def _sech2_sup(x, e) -> np.ndarray:
     decreasing in ``|t|``, so the sup is at ``a = max(|x̂| − ε, 0)`` (a lower bound of ``a``
     is used), and ``sech² a = 4E/(1 + E)²`` with ``E = e^−2a``; capped at 1."""
     alo, _ = _abs_lo_hi(x)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         a = np.maximum(_down(alo - e), 0.0)
-    a = np.where(np.isnan(a), 0.0, a)
-    s = mul_up(4.0, _bell(_exp_down(-2.0 * a), exp_up(-2.0 * a)))
+        a2 = -2.0 * np.where(np.isnan(a), 0.0, a)          # −inf past binary64: e^−inf = 0
+    s = mul_up(4.0, _bell(_exp_down(a2), exp_up(a2)))
     return np.fmin(s, 1.0)
 
 
@@ -594,7 +587,7 @@ def tanh_bound(fmt: Format, xs, eps):
     2). TorchLean's ``2 + r`` is never smaller; ``r = 0`` at ``x̂ = 0``."""
     x, e = _unary_eps(fmt, xs, eps)
     y, exact = _apply("tanh", fmt, x)
-    return _tanh_error(x, e, rounding_term(fmt, y, exact))
+    return guard_nonfinite(fmt, y, _tanh_error(x, e, rounding_term(fmt, y, exact)))
 
 
 def _tanh_error(x, e, r) -> np.ndarray:
@@ -646,8 +639,7 @@ def tanh_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     d = fmt.sub(one, s)
     r_d = rounding_term(fmt, d, _exact_difference(one, s, d))
     e_d = np.fmin(add_up(_derivative_error(es_A, es_B, TANH2_LIP, e), r_d), 1.0)
-    out, b = mul_error(fmt, g, eg, d, e_d)
-    return (_inf_where_nonfinite(out, b),)
+    return (mul_error(fmt, g, eg, d, e_d)[1],)
 
 
 tanh = register(Primitive("tanh", tanh_runtime, tanh_spec, tanh_bound, tanh_vjp_runtime,
@@ -683,7 +675,7 @@ def sigmoid_bound(fmt: Format, xs, eps):
     range-based ``1 + r`` is never smaller; ``r = 0`` at ``x̂ = 0`` (``σ(0) = 1/2`` exact)."""
     x, e = _unary_eps(fmt, xs, eps)
     y, exact = _apply("sigmoid", fmt, x)
-    return _sigmoid_error(x, e, rounding_term(fmt, y, exact))
+    return guard_nonfinite(fmt, y, _sigmoid_error(x, e, rounding_term(fmt, y, exact)))
 
 
 def _sigmoid_error(x, e, r) -> np.ndarray:
@@ -726,8 +718,7 @@ def sigmoid_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     d, ed_A = mul_error(fmt, y, e_y, a, add_up(e_y, r_a))
     _, ed_B = mul_error(fmt, y, r_y, a, add_up(r_y, r_a))
     e_d = _derivative_error(ed_A, ed_B, SIGMOID2_LIP, e)
-    out, b = mul_error(fmt, g, eg, d, e_d)
-    return (_inf_where_nonfinite(out, b),)
+    return (mul_error(fmt, g, eg, d, e_d)[1],)
 
 
 sigmoid = register(Primitive("sigmoid", sigmoid_runtime, sigmoid_spec, sigmoid_bound,
@@ -759,7 +750,7 @@ def softplus_bound(fmt: Format, xs, eps):
     with np.errstate(over="ignore"):
         b = up(x_hi + e)
     sup = np.fmin(div_up(1.0, _down(1.0 + _exp_down(-b))), 1.0)
-    return _finish(mul_up(e, sup), e, r)
+    return guard_nonfinite(fmt, y, _finish(mul_up(e, sup), e, r))
 
 
 def softplus_vjp_runtime(fmt: Format, xs, g):
@@ -778,9 +769,8 @@ def softplus_vjp_bound(fmt: Format, xs, eps, g, eps_g):
     x, e = _unary_eps(fmt, xs, eps)
     g = _check_g(fmt, g, x)
     s, exact = _apply("sigmoid", fmt, x)
-    out, b = mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), s,
-                       _sigmoid_error(x, e, rounding_term(fmt, s, exact)))
-    return (_inf_where_nonfinite(out, b),)
+    return (mul_error(fmt, g, checks.eps_like("eps_g", eps_g, g), s,
+                      _sigmoid_error(x, e, rounding_term(fmt, s, exact)))[1],)
 
 
 softplus = register(Primitive("softplus", softplus_runtime, softplus_spec, softplus_bound,
@@ -890,7 +880,7 @@ def safe_log_bound(fmt: Format, xs, eps, *, c=DEFAULT_C):
         m_hat = np.maximum(x_lo, c_lo)
     t = np.fmax(div_up(d_minus, m_minus), div_up(d_plus, m_hat))
     t = np.where(e == 0, 0.0, t)
-    return _finish(_log1p_up(t), e, r)
+    return guard_nonfinite(fmt, y, _finish(_log1p_up(t), e, r))
 
 
 def safe_log_vjp_runtime(fmt: Format, xs, g, *, c=DEFAULT_C):
@@ -900,9 +890,12 @@ def safe_log_vjp_runtime(fmt: Format, xs, g, *, c=DEFAULT_C):
     x, g = _vjp_args(fmt, xs, g)
     cq = _clamp_constant(c)
     active = ~_clamped(x, cq)
-    q = fmt.div(g, _active_denominator(x, active))
-    zero = mpq(0) if np.asarray(q).dtype == object else 0.0
-    return (np.where(active, q, zero),)
+    return (_where_active(fmt.div(g, _active_denominator(x, active)), active),)
+
+
+def _where_active(q, active) -> np.ndarray:
+    """``q̂`` where active, 0 elsewhere (the clamp's zero derivative)."""
+    return np.where(active, q, mpq(0) if np.asarray(q).dtype == object else 0.0)
 
 
 def _active_denominator(x, active):
@@ -956,12 +949,12 @@ def safe_log_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, c=DEFAULT_C):
     with np.errstate(invalid="ignore", over="ignore"):
         sure_active = _down(x_lo - e) >= c_hi
         sure_clamped = up(x_hi + e) < c_lo
-    _, q_abs = _abs_lo_hi(np.where(active, q, mpq(0) if np.asarray(q).dtype == object else 0.0))
+    out = _where_active(q, active)
+    _, q_abs = _abs_lo_hi(out)
     _, g_abs = _abs_lo_hi(g)
     b_active = np.where(sure_active, b_div, np.fmax(b_div, q_abs))
     b_clamped = np.where(sure_clamped, 0.0, div_up(add_up(g_abs, eg), c_lo))
-    b = np.where(active, _inf_where_nonfinite(q, b_active), b_clamped)
-    return (np.asarray(b, dtype=np.float64),)
+    return (guard_nonfinite(fmt, out, np.where(active, b_active, b_clamped)),)
 
 
 def _sample_safe_log(rng, fmt: Format):
