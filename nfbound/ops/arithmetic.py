@@ -53,7 +53,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..arith import Arithmetic, contains, with_subnormals
-from ..bounds.rounding import rounding_term
+from ..bounds.rounding import guard_nonfinite, rounding_term
 from ..bounds.upward import abs_up, add_up, mul_up
 from ..formats import Format
 from .accumulate import overflow_guard
@@ -132,10 +132,11 @@ def conversion_bound(A: Arithmetic, W: Format, z, y, e, any_order: bool) -> np.n
         return e
     S = A.storage
     if not any_order:
-        return add_up(e, rounding_term(S, y))
+        return guard_nonfinite(S, y, add_up(e, rounding_term(S, y)))
     M = add_up(abs_up(z), mul_up(2.0, e))
     rel = mul_up(S.u, M) if S.precision is not None else np.zeros_like(M)
-    return overflow_guard(S, add_up(M, rel, S.underflow_term), add_up(e, rel, S.underflow_term))
+    b = overflow_guard(S, add_up(M, rel, S.underflow_term), add_up(e, rel, S.underflow_term))
+    return guard_nonfinite(S, y, b)
 
 
 def runtime(P, A: Arithmetic, xs, params):
