@@ -197,6 +197,11 @@ def _targets(target, N: int, C: int) -> np.ndarray:
 
 
 def _check_ce(fmt: Format, input, target):
+    """The logits and targets of a cross-entropy rule. The rules take ``1`` to be a value of
+    the format (``ŝ = Σ RN(e^(x̂_c − m̂)) ≥ RN(e^0) = 1``, Sterbenz on ``ŷ − 1``): a format
+    without 1 (fixed point with a quantum above 1, ``emin > 0``) is refused."""
+    if not np.asarray(fmt.is_representable(np.array([1.0]))).all():
+        raise ValueError(f"cross_entropy needs 1 to be a value of the format; {fmt} has no 1")
     x = np.asarray(input)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"input must be logits of shape (N, C) with N, C ≥ 1, got {x.shape}")
