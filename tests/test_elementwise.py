@@ -663,7 +663,7 @@ def test_sqrt_spec_enclosure_is_exact_on_squares_and_tight_otherwise():
 @pytest.mark.parametrize("fmt_name", ["binary32", "flt:p=27,emin=-200,emax=100",
                                       "flt:p=26,emin=-200,emax=100", "decimal32"])
 def test_sqrt_priest_family(fmt_name):
-    """``4^k(1 − 2^−p)``: the double-rounding trap for √ via binary64 (DESIGN §7)."""
+    """``4^k(1 − 2^−p)``: the double-rounding trap for √ via binary64 (docs/design.md §7)."""
     fmt = formats.get(fmt_name)
     p = fmt.precision
     vals = [mpq(4) ** k * (1 - mpq(2) ** -p) for k in range(-3, 4)] if fmt.radix == 2 else \

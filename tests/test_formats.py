@@ -1035,7 +1035,7 @@ def test_fix_spec_with_emax_and_readback():
     assert_bits_equal(f.round([15.9, 15.9375, -15.93, 16.0]), [15.875, math.inf, -15.875, math.inf])
 
 
-# name: (radix, p, emin, largest finite) from DESIGN.md §1
+# name: (radix, p, emin, largest finite) from docs/design.md §1
 TABLE = {
     "binary16": (2, 11, -24, mpq(65504)),
     "bfloat16": (2, 8, -133, (2 - mpq(2) ** -7) * mpq(2) ** 127),
@@ -1217,7 +1217,7 @@ def test_round_is_monotone(spec, x, y):
 @prop
 @given(spec=st.sampled_from(PROP_FORMATS), x=finite)
 def test_rounding_error_bounds(spec, x):
-    """Nearest: |RN(x) − x| ≤ ulp(x)/2 and ≤ max(u|x|, η) (DESIGN §2); directed: the result is
+    """Nearest: |RN(x) − x| ≤ ulp(x)/2 and ≤ max(u|x|, η) (docs/design.md §2); directed: the result is
     on the right side of x and |r − x| < ulp(x) (≤ 2u|x| or 2η)."""
     f = get(spec)
     assume(abs(x) <= float(f.max_finite))

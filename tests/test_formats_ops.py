@@ -384,7 +384,7 @@ def test_decimal_ops_match_decimal_module(name, mode, op):
 @pytest.mark.parametrize("mode", MODES)
 def test_priest_sqrt_family(p, mode):
     """√(4^k(1 − 2^−p)) = 2^k·(1 − 2^−(p+1) − 2^−(2p+3) − …): just below the midpoint between
-    2^k(1 − 2^−p) and 2^k. Binary64 rounds it onto that midpoint for p ≥ 26 (DESIGN §7), so
+    2^k(1 − 2^−p) and 2^k. Binary64 rounds it onto that midpoint for p ≥ 26 (docs/design.md §7), so
     double rounding through binary64 is wrong there; the residual path is not."""
     fmt = get(f"flt:p={p},emin=-200,emax=200,rounding={mode}")
     assert fmt.fast_ops
@@ -412,7 +412,7 @@ def test_binary32_priest_family():
 
 
 def test_design_counterexamples():
-    """DESIGN §7: toward zero, 1 − 2^−60 to 8 bits is 0.99609375 (binary64 first gives 1.0)."""
+    """docs/design.md §7: toward zero, 1 − 2^−60 to 8 bits is 0.99609375 (binary64 first gives 1.0)."""
     bz = get("bfloat16:rounding=zero")
     assert bz.sub(np.array([1.0]), np.array([2.0 ** -60]))[0] == 0.99609375
     assert bz.round(np.array([mpq(1) - mpq(2) ** -60], dtype=object))[0] == 0.99609375

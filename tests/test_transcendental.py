@@ -577,7 +577,7 @@ def test_huge_arguments_spec_and_runtime_agree():
 # 4. tightness: never looser than TorchLean, and not far from the observed error
 # ---------------------------------------------------------------------------------------------
 def torchlean_bound(op: str, fmt, x, eps, c=None):
-    """TorchLean's rules (DESIGN §4), evaluated with the same upward arithmetic."""
+    """TorchLean's rules (docs/design.md §4), evaluated with the same upward arithmetic."""
     y = T.safe_log_runtime(fmt, x, c=c) if op == "safe_log" else getattr(T, op + "_runtime")(fmt, x)
     r = rounding_term(fmt, y)
     if op == "exp":

@@ -1,4 +1,4 @@
-"""Named formats (DESIGN.md §1) and the spec-string syntax of user formats.
+"""Named formats (docs/design.md §1) and the spec-string syntax of user formats.
 
 Spec strings: ``KIND:key=value,...`` with ``KIND`` one of ``flt``, ``flx``, ``fix`` and keys
 ``radix`` (default 2), ``p`` (precision), ``emin`` (exponent of the smallest subnormal /

@@ -5,7 +5,7 @@ Each optimizer update is written as a sequence of elementwise primitives (``nfbo
 triples, so the runtime is rounded after every elementary step in the order stated below, the
 spec update uses the exact (spec) gradients and exact hyperparameters, and the bound of the
 new parameter follows from the primitives' forward bound rules by composition (each rule is
-sound for inputs within their ε, DESIGN §4).
+sound for inputs within their ε, docs/design.md §4).
 
 Hyperparameters are float64 numbers taken as the exact rationals they denote. A constant
 ``c`` derived from them (``1 − β₁``, ``1 − β₁ᵗ``, ``1 − lr·λ``) is computed exactly in

@@ -2,7 +2,7 @@
 
 A reduction ``Σ_k t_k`` in a format is a sequence of rounded additions; the order is part of
 the semantics. For terms ``t̂_k`` (runtime) with ``|t̂_k − t_k| ≤ ε_k`` (spec ``t_k``), each
-rounded partial sum ``ŝ = RN(â + b̂)`` satisfies the replay rule (DESIGN.md §4)
+rounded partial sum ``ŝ = RN(â + b̂)`` satisfies the replay rule (docs/design.md §4)
 
     |ŝ − (a + b)| ≤ ε_a + ε_b + r,      r = rounding_term(ŝ)  (0 when â = 0 or b̂ = 0),
 

@@ -14,7 +14,7 @@ padding (``torch.nn.functional.conv{1,2,3}d``, dilation 1, groups 1)::
     y[n, oc, o] = Σ_{ic, k : (o + padding − k) = j·stride, 0 ≤ j < in} x[n, ic, j] · W[ic, oc, k] + b[oc],
     out = (in − 1)·stride − 2·padding + kernel.
 
-Runtime order (TorchLean, DESIGN.md §4; "row-major" over multi-indices, ``k`` a kernel offset,
+Runtime order (TorchLean, docs/design.md §4; "row-major" over multi-indices, ``k`` a kernel offset,
 ``o`` an output position, ``i``/``j`` input positions). Every product ``RN(a·w)`` is rounded,
 then added to the running sum with one rounding, the first term as ``0 + t`` (exact):
 
@@ -39,14 +39,14 @@ reduction order of every one of these sums (forward and VJPs, bias always last):
 (see :mod:`nfbound.ops.accumulate`), each applied to the sequence above with its structural
 zeros removed.
 
-Bounds: the replay of each accumulation (seed *Conv2D Backward Approximation*; DESIGN.md §4):
+Bounds: the replay of each accumulation (seed *Conv2D Backward Approximation*; docs/design.md §4):
 with ``t̂ = RN(â·ŵ)`` and the mul rule ``ε_t = |â|·ε_w + |ŵ|·ε_a + ε_a·ε_w + r_mul``
 (:func:`nfbound.ops.elementwise.mul_error`), each rounded partial sum ``ŝ' = RN(ŝ + t̂)`` has
 ``e' = e + ε_t + r_add`` (``r = rounding_term`` of the runtime result, 0 when an operand is 0).
 Soundness is the triangle inequality applied along the sum: ``|ŝ' − (s + t)| ≤ |ŝ' − (ŝ + t̂)|
 + |ŝ − s| + |t̂ − t|``. All bound arithmetic rounds upward.
 
-Order-free bounds (``order_free=True``; DESIGN.md §4, issue 4): for a conv computed by a
+Order-free bounds (``order_free=True``; docs/design.md §4, issue 4): for a conv computed by a
 library whose order is unknown (cuDNN, oneDNN, im2col + BLAS), each of the sums above — forward,
 ``gX``, ``gK`` — gets :func:`nfbound.ops.linalg.order_free_dot_bound` over its ``n`` live
 products ``p_j = â_j ŵ_j``: with ``N = n + 1``,

@@ -10,7 +10,7 @@ index tables (structural zeros — padding, positions a kernel offset misses —
 lists: adding an exact 0 changes nothing and is charged nothing). The first live term is
 taken as ``0 + t_0``, an exact addition, so it is copied with its bound.
 
-Alongside, when ``with_bound`` is set, the replay bound (DESIGN.md §4) is accumulated with the
+Alongside, when ``with_bound`` is set, the replay bound (docs/design.md §4) is accumulated with the
 same float64 operations, in the same order, as the NumPy generic path
 (:func:`nfbound.ops.elementwise.mul_error`, :func:`nfbound.ops.accumulate.rounded_add`,
 :func:`nfbound.bounds.rounding.rounding_term`, :mod:`nfbound.bounds.upward`), so the two

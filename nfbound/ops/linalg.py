@@ -3,7 +3,7 @@
 Every output entry is a rounded reduction ``Σ_j RN(a_j·b_j)``: each product is rounded once,
 then the products are accumulated with a rounding after every addition, in ``order``
 (``"sequential"`` — TorchLean's, the default —, ``"reversed"``, ``"pairwise"``,
-``"blocked:B"``; :mod:`nfbound.ops.accumulate`). The forward bound is the replay (DESIGN.md §4)
+``"blocked:B"``; :mod:`nfbound.ops.accumulate`). The forward bound is the replay (docs/design.md §4)
 
     term  ε_j = |â_j|·ε_{b_j} + |b̂_j|·ε_{a_j} + ε_{a_j}·ε_{b_j} + r_mul,j    (mul_error)
     sum   e_k = e_{k−1} + ε_k + r_add,k                                      (accumulate)

@@ -22,7 +22,7 @@ Gradient accumulation where windows overlap (``stride < kernel_size``): the inpu
 position ``j`` is the sequential rounded sum, over the windows containing ``j`` in row-major
 *window* order (torch's CPU backward loops output positions in that order), of each window's
 contribution; the first addition ``0 + c`` is exact. The replay bound of this sum is
-``Σ δ_w + Σ r_k`` (DESIGN §4), ``r_k = 0`` for an addition with an operand 0. This order is
+``Σ δ_w + Σ r_k`` (docs/design.md §4), ``r_k = 0`` for an addition with an operand 0. This order is
 fixed (``order`` selects the order of avg_pool's forward window sums only).
 
 Shared with :mod:`~nfbound.ops.softmax` and :mod:`~nfbound.ops.loss`: :func:`sequential_sum`

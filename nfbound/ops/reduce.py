@@ -3,7 +3,7 @@
 Every reduction is a sequence of rounded additions in a stated ``order`` (``"sequential"``
 — TorchLean's left-to-right, the default —, ``"reversed"``, ``"pairwise"``, ``"blocked:B"``;
 see :mod:`nfbound.ops.accumulate`), and its bound is the *replay* of that accumulation on the
-term errors (DESIGN.md §4): for ``ŝ = RN(â + b̂)``,
+term errors (docs/design.md §4): for ``ŝ = RN(â + b̂)``,
 
     |ŝ − (a + b)| ≤ ε_a + ε_b + r,       r = rounding_term(ŝ)  (0 when â = 0 or b̂ = 0).
 

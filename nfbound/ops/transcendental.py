@@ -1,12 +1,12 @@
 """Transcendental elementwise primitives: exp, tanh, sigmoid, softplus, safe_log.
 
-Semantics (DESIGN.md §3): each op is **one** rounding of the exact function of the runtime
+Semantics (docs/design.md §3): each op is **one** rounding of the exact function of the runtime
 input, ``ŷ = RN(f(x̂))`` — sigmoid is the correctly rounded ``1/(1 + e^−x)`` (not a sequence of
 rounded exp/add/div), softplus the correctly rounded ``log(1 + e^x)``, safe_log the correctly
 rounded ``log(max(x, c))`` with the constant ``c > 0`` taken exactly (as ``scale``/``safe_div``
 do: a float64 ``c`` is the dyadic rational it holds; the default ``c = 1e-12`` is binary64's
 ``1e-12``). The spec is the exact function over the reals (rigorous MPFR enclosures), the
-bounds follow DESIGN.md §4 and are never worse than TorchLean's rules.
+bounds follow docs/design.md §4 and are never worse than TorchLean's rules.
 
 How the runtime gets the correctly rounded value (Ziv's strategy, vectorised):
 
