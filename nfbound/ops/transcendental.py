@@ -864,7 +864,7 @@ def safe_log_bound(fmt: Format, xs, eps, *, c=DEFAULT_C):
     ``g(x̂) − g(x̂ − ε) = log(m̂/m₋)``; ``m̂ − m₋ ≤ D₋`` and ``m₊ − m̂ ≤ D₊`` (max is 1-Lipschitz
     and both are 0 on the clamped side), and ``log(1 + u/m) ≤ u/m``. Since ``m₋ ≥ c > 0`` the
     bound is always finite (``≤ ε/c``): the clamp makes a domain error impossible. Where
-    ``x̂ − ε > c`` this is at most the DESIGN rule ``ε/(x̂ − ε) + r``. ``r = 0`` where
+    ``x̂ − ε > c`` this is at most the docs/design.md §4.9 rule ``ε/(x̂ − ε) + r``. ``r = 0`` where
     ``max(x̂, c) = 1``.
     """
     x, e = _unary_eps(fmt, xs, eps)
