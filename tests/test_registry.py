@@ -19,7 +19,7 @@ import pytest
 from gmpy2 import mpq
 
 import nfbound.ops as ops
-from nfbound import formats
+from nfbound import arith, formats
 from nfbound.bounds.upward import exact_array_up
 from nfbound.formats.reference import to_exact
 from nfbound.ops.interval import Interval, exact_array
@@ -117,6 +117,13 @@ def _adversarial_upstream(rng, fmt, shape, rel: float):
     return g, eg, Interval.exact(exact_array(g) + exact_array(eg) / 4)
 
 
+def _target(name):
+    """An arithmetic preset by name, else a format (name, spec string or ``Format``)."""
+    if isinstance(name, str) and name in arith.PRESETS:
+        return arith.get(name)
+    return formats.get(name)
+
+
 def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,),
                     adversarial: bool = False) -> None:
     """Forward and VJP enclosures on ``trials`` sampled instances of the primitive: the first
@@ -126,30 +133,34 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
     NaN, or a value saturated at ±max_finite — gets the bound inf";
     ``test_nonfinite.assert_inf_where_overflowed``).
     ``adversarial``: the sampled inputs and upstream gradients are made overflow-prone
-    (:func:`_adversarial`)."""
-    fmt = formats.get(fmt_name)
+    (:func:`_adversarial`). ``fmt_name`` is a format (name, spec or ``Format``) or an
+    arithmetic preset name: the rules then run in the arithmetic on storage values."""
+    target = _target(fmt_name)
+    fmt = target.storage if isinstance(target, arith.Arithmetic) else target
     P = ops.get(op_name)
     rng = np.random.default_rng(_seed(op_name, str(fmt_name),
                                       *(("adversarial",) if adversarial else ())))
     for trial in range(trials):
         xs, params = P.sample(rng, fmt)
+        if isinstance(target, arith.Arithmetic):   # the arithmetic states the order
+            params = {k: v for k, v in params.items() if k not in ("order", "order_free")}
         if adversarial:
             xs = tuple(_adversarial(rng, fmt, x) for x in xs)
         rel = 0.0 if trial == 0 else rels[(trial - 1) % len(rels)]
         spec_in, eps = zip(*(_perturbed_spec(rng, x, rel) for x in xs))
-        out = P.runtime(fmt, *xs, **params)
-        bound = P.bound(fmt, xs, eps, **params)
+        out = P.runtime(target, *xs, **params)
+        bound = P.bound(target, xs, eps, **params)
         assert np.shape(bound) == np.shape(out)
         _assert_format_values(fmt, out, f"{op_name} runtime")
         assert_inf_where_overflowed(fmt, out, bound, f"{op_name} bound")
         if P.fused is not None:
-            assert_inf_where_overflowed(fmt, *P.fused(fmt, xs, eps, **params), f"{op_name} fused")
+            assert_inf_where_overflowed(fmt, *P.fused(target, xs, eps, **params), f"{op_name} fused")
 
         g, eg, g_spec = (_adversarial_upstream if adversarial else _upstream)(
             rng, fmt, np.shape(out), rel)
-        grads = P.vjp_runtime(fmt, xs, g, **params)
-        grads_bound = P.vjp_bound(fmt, xs, eps, g, eg, **params)
-        fused = P.vjp_fused(fmt, xs, eps, g, eg, **params) if P.vjp_fused is not None else None
+        grads = P.vjp_runtime(target, xs, g, **params)
+        grads_bound = P.vjp_bound(target, xs, eps, g, eg, **params)
+        fused = P.vjp_fused(target, xs, eps, g, eg, **params) if P.vjp_fused is not None else None
         for i, (gr, gb) in enumerate(zip(grads, grads_bound)):
             if gr is None:
                 continue
@@ -182,6 +193,17 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
 @pytest.mark.parametrize("op_name", sorted(ops.REGISTRY))
 def test_forward_and_vjp_enclosure(op_name, fmt_name):
     check_enclosure(op_name, fmt_name, trials=3)
+
+
+ARITH_OPS = sorted(ops.REGISTRY)
+
+
+@pytest.mark.parametrize("preset", arith.names())
+@pytest.mark.parametrize("op_name", ARITH_OPS)
+def test_forward_and_vjp_enclosure_in_every_arithmetic(op_name, preset):
+    """Every op under every arithmetic preset (storage values in; accumulator, compute and
+    operand formats, ``order=any``, flushing): forward and VJP enclosures, overflow guards."""
+    check_enclosure(op_name, preset, trials=2)
 
 
 SWEEP_FORMATS = formats.names() + ["bfloat16:rounding=zero", "binary16:rounding=up",
