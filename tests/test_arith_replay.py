@@ -19,6 +19,8 @@ from gmpy2 import mpfr, mpq
 import nfbound.ops as ops
 from nfbound import arith
 
+from test_linalg import tree_sum
+
 ORDERS = ["sequential", "reversed", "pairwise", "blocked:3"]
 PRESETS = arith.names()
 
@@ -45,27 +47,6 @@ def _read(v, fmt):
     return v
 
 
-def _tree(vals, order, add):
-    if order == "reversed":
-        return _tree(vals[::-1], "sequential", add)
-    if order == "sequential":
-        s = vals[0]
-        for v in vals[1:]:
-            s = add(s, v)
-        return s
-    if order == "pairwise":
-        level = list(vals)
-        while len(level) > 1:
-            nxt = [add(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-            if len(level) % 2:
-                nxt.append(level[-1])
-            level = nxt
-        return level[0]
-    B = int(order.split(":")[1])
-    return _tree([_tree(vals[i:i + B], "sequential", add) for i in range(0, len(vals), B)],
-                 "sequential", add)
-
-
 def _dot(A, a, b, order, bias=None):
     """One output of a contraction in arithmetic ``A`` (the replay described in the module doc)."""
     W = A.accumulator
@@ -73,7 +54,7 @@ def _dot(A, a, b, order, bias=None):
         a = [_round(mpq(v), A.operands) for v in a]
         b = [_round(mpq(v), A.operands) for v in b]
     prods = [_round(_read(mpq(x), W) * _read(mpq(y), W), W) for x, y in zip(a, b)]
-    s = _tree(prods, order, lambda u, v: _round(_read(u, W) + _read(v, W), W))
+    s = tree_sum(prods, order, lambda u, v: _round(_read(u, W) + _read(v, W), W))
     if bias is not None:
         s = _round(_read(s, W) + _read(mpq(bias), W), W)
     return _round(s, A.storage)

@@ -139,7 +139,7 @@ def conversion_bound(A: Arithmetic, W: Format, z, y, e, any_order: bool) -> np.n
     return guard_nonfinite(S, y, b)
 
 
-def runtime(P, A: Arithmetic, xs, params):
+def runtime(P, A: Arithmetic, *xs, **params):
     """``RN_S(f_W(xs))`` — :attr:`Primitive.runtime` in an arithmetic."""
     W = A.working_format(P.contraction)
     params, _ = _order_params(A, P.rules.runtime, params, P.name)
@@ -155,7 +155,7 @@ def _storage_sums(rule: str, A: Arithmetic, W: Format, any_order: bool) -> Forma
     return with_subnormals(A.storage, W.subnormals)
 
 
-def runtime_and_bound(P, A: Arithmetic, xs, eps, params):
+def fused(P, A: Arithmetic, xs, eps, **params):
     """``(ŷ, bound)`` of the forward rule in ``A`` (the working format's fused rule if any)."""
     W = A.working_format(P.contraction)
     params, any_order = _order_params(A, P.rules.runtime, params, P.name)
@@ -171,7 +171,7 @@ def runtime_and_bound(P, A: Arithmetic, xs, eps, params):
     return y, conversion_bound(A, W, z, y, e, any_order)
 
 
-def vjp_runtime(P, A: Arithmetic, xs, g, params):
+def vjp_runtime(P, A: Arithmetic, xs, g, **params):
     W = A.working_format(P.contraction)
     params, _ = _order_params(A, P.rules.vjp_runtime, params, P.name)
     xs, _ = _operands(A, P.contraction, P.operand_slots, xs, None)
@@ -179,7 +179,7 @@ def vjp_runtime(P, A: Arithmetic, xs, g, params):
     return tuple(to_storage(A, W, gr) for gr in P.rules.vjp_runtime(W, xs, g, **params))
 
 
-def vjp_runtime_and_bound(P, A: Arithmetic, xs, eps, g, eps_g, params):
+def vjp_fused(P, A: Arithmetic, xs, eps, g, eps_g, **params):
     W = A.working_format(P.contraction)
     params, any_order = _order_params(A, P.rules.vjp_runtime, params, P.name)
     xs, eps = _operands(A, P.contraction, P.operand_slots, xs, eps)
@@ -195,3 +195,13 @@ def vjp_runtime_and_bound(P, A: Arithmetic, xs, eps, g, eps_g, params):
         return ys, P.rules.vjp_bound(S, xs, eps, g, eps_g, **params)
     return ys, tuple(conversion_bound(A, W, gr, y, b, any_order)
                      for gr, y, b in zip(grads, ys, bounds))
+
+
+def bound(P, A: Arithmetic, xs, eps, **params):
+    """The bound of :func:`fused` (the runtime is needed for the conversion term)."""
+    return fused(P, A, xs, eps, **params)[1]
+
+
+def vjp_bound(P, A: Arithmetic, xs, eps, g, eps_g, **params):
+    """The bounds of :func:`vjp_fused`."""
+    return vjp_fused(P, A, xs, eps, g, eps_g, **params)[1]

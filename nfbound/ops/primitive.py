@@ -32,6 +32,13 @@ recomputes the runtime):
 The graphs call them when bounds are requested (one pass instead of two); the registry test
 checks the equalities.
 
+Arithmetics: every rule that takes runtime values takes an :class:`~nfbound.arith.Arithmetic`
+wherever it takes a ``Format`` (``P.bound(arith.get("torch-cpu-bfloat16"), xs, eps)``); the
+rules are written for formats (:attr:`Primitive.rules`) and :mod:`nfbound.ops.arithmetic`
+composes them — compute in the working format, round to storage — with the same signatures.
+``contraction`` marks the ops computed in the accumulator (matmul, linear, conv …) and
+``operand_slots`` their multiplied inputs (converted first by an ``operands`` format, TF32).
+
 Subnormal inputs in the flush modes (``Format.subnormals``), once for every rule: before a
 rule runs, each runtime input and upstream gradient ``x̂`` that holds nonzero subnormals
 (``0 < |x̂| < b_min``, values of the format) is read as the op reads it — ``Format.daz(x̂)``,
@@ -85,14 +92,14 @@ class Primitive:
         read = {name: (None if getattr(self, name) is None else wrap(getattr(self, name)))
                 for name, wrap in _SUBNORMAL_READERS.items()}
         object.__setattr__(self, "rules", FormatRules(**read))
-        for name, dispatch in _ARITHMETIC_DISPATCH.items():
-            if read[name] is not None:
-                object.__setattr__(self, name, dispatch(self, read[name]))
+        for name, rule in read.items():
+            if rule is not None:
+                object.__setattr__(self, name, _dispatch(self, name, rule))
 
     def runtime_and_bound(self, fmt, xs, eps, **params):
         """``(runtime, bound)`` of the forward rule: :attr:`fused` if there is one."""
         if isinstance(fmt, Arithmetic):
-            return arithmetic.runtime_and_bound(self, fmt, xs, eps, params)
+            return arithmetic.fused(self, fmt, xs, eps, **params)
         if self.fused is not None:
             return self.fused(fmt, xs, eps, **params)
         return self.runtime(fmt, *xs, **params), self.bound(fmt, xs, eps, **params)
@@ -100,7 +107,7 @@ class Primitive:
     def vjp_runtime_and_bound(self, fmt, xs, eps, g, eps_g, **params):
         """``(grads, bounds)`` of the VJP rules: :attr:`vjp_fused` if there is one."""
         if isinstance(fmt, Arithmetic):
-            return arithmetic.vjp_runtime_and_bound(self, fmt, xs, eps, g, eps_g, params)
+            return arithmetic.vjp_fused(self, fmt, xs, eps, g, eps_g, **params)
         if self.vjp_fused is not None:
             return self.vjp_fused(fmt, xs, eps, g, eps_g, **params)
         return (self.vjp_runtime(fmt, xs, g, **params),
@@ -120,64 +127,18 @@ class FormatRules:
     vjp_fused: Callable | None
 
 
-def _dispatch_runtime(P: "Primitive", rule):
+def _dispatch(P: "Primitive", name: str, rule):
+    """The rule ``name`` of ``P`` taking a ``Format`` (``rule``) or an
+    :class:`~nfbound.arith.Arithmetic` (its composition in :mod:`nfbound.ops.arithmetic`,
+    which has the same signature after ``P``)."""
+    composed = getattr(arithmetic, name)
+
     @functools.wraps(rule)
-    def runtime(fmt, *xs, **params):
+    def dispatched(fmt, *args, **params):
         if isinstance(fmt, Arithmetic):
-            return arithmetic.runtime(P, fmt, xs, params)
-        return rule(fmt, *xs, **params)
-    return runtime
-
-
-def _dispatch_bound(P: "Primitive", rule):
-    @functools.wraps(rule)
-    def bound(fmt, xs, eps, **params):
-        if isinstance(fmt, Arithmetic):
-            return arithmetic.runtime_and_bound(P, fmt, xs, eps, params)[1]
-        return rule(fmt, xs, eps, **params)
-    return bound
-
-
-def _dispatch_fused(P: "Primitive", rule):
-    @functools.wraps(rule)
-    def fused(fmt, xs, eps, **params):
-        if isinstance(fmt, Arithmetic):
-            return arithmetic.runtime_and_bound(P, fmt, xs, eps, params)
-        return rule(fmt, xs, eps, **params)
-    return fused
-
-
-def _dispatch_vjp_runtime(P: "Primitive", rule):
-    @functools.wraps(rule)
-    def vjp_runtime(fmt, xs, g, **params):
-        if isinstance(fmt, Arithmetic):
-            return arithmetic.vjp_runtime(P, fmt, xs, g, params)
-        return rule(fmt, xs, g, **params)
-    return vjp_runtime
-
-
-def _dispatch_vjp_bound(P: "Primitive", rule):
-    @functools.wraps(rule)
-    def vjp_bound(fmt, xs, eps, g, eps_g, **params):
-        if isinstance(fmt, Arithmetic):
-            return arithmetic.vjp_runtime_and_bound(P, fmt, xs, eps, g, eps_g, params)[1]
-        return rule(fmt, xs, eps, g, eps_g, **params)
-    return vjp_bound
-
-
-def _dispatch_vjp_fused(P: "Primitive", rule):
-    @functools.wraps(rule)
-    def vjp_fused(fmt, xs, eps, g, eps_g, **params):
-        if isinstance(fmt, Arithmetic):
-            return arithmetic.vjp_runtime_and_bound(P, fmt, xs, eps, g, eps_g, params)
-        return rule(fmt, xs, eps, g, eps_g, **params)
-    return vjp_fused
-
-
-#: The rules that take runtime values, and how each takes an arithmetic (module docstring).
-_ARITHMETIC_DISPATCH = {"runtime": _dispatch_runtime, "bound": _dispatch_bound,
-                        "fused": _dispatch_fused, "vjp_runtime": _dispatch_vjp_runtime,
-                        "vjp_bound": _dispatch_vjp_bound, "vjp_fused": _dispatch_vjp_fused}
+            return composed(P, fmt, *args, **params)
+        return rule(fmt, *args, **params)
+    return dispatched
 
 
 def _read(fmt, x, e):
