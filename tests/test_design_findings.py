@@ -110,3 +110,96 @@ def test_safe_div_vjp_bound_of_a_nan_gradient():
     spec = elementwise.safe_div_vjp_spec((Interval.exact(x), Interval.exact(y)),
                                          Interval.exact(g), c=c)
     assert all(_encloses(s, r, b) for s, r, b in zip(spec, grads, bounds))
+
+
+# -- §11.6: Hauser's lemma (F4) needs every value to be a multiple of β^emin -----------------
+def _fine_binade_above_emin() -> Format:
+    """``fexp(k) = 0`` for ``k ≤ 1`` (``emin = 0``), ``−5`` in the binade ``[2, 4)``, ``0`` in
+    ``[4, 8)``, ``max(k − 10, 0)`` above: ``Valid_exp`` holds and the declared precision 10 is
+    checked (``fexp(k) ≤ max(k − 10, 0)`` for every ``k``), but ``fexp`` is not monotone and the
+    values of ``[2, 4)`` are multiples of ``2^−5``, not of ``β^emin = 1``."""
+    table = {2: -5, 3: 0}
+    return Format(2, custom(lambda k: table.get(k, max(k - 10, 0)), precision=10,
+                            window=range(-60, 61)))
+
+
+@pytest.mark.xfail(strict=True, reason="design §11.6: the gradual order-free bound charges no "
+                   "θ to additions (Hauser), which needs a monotone fexp; a non-monotone custom "
+                   "format with a declared precision is accepted")
+def test_order_free_sum_where_additions_underflow_in_a_non_monotone_format():
+    """``1 + Σ (79/32 − 2)``: every ``ŝ + 79/32`` lies in ``[2, 4)`` (exact), every ``− 2`` lands
+    in ``[1, 2)``, whose quantum is 1: ``47/32`` rounds to 1, a θ of ``15/32`` per pair. Five
+    pairs err by ``75/32``; the order-free bound (one θ of ``η = 1/2``) is ``0.76``."""
+    f = _fine_binade_above_emin()
+    x = np.array([mpq(1)] + [mpq(79, 32), mpq(-2)] * 5, dtype=object)
+    assert f.is_representable(x).all()
+    s, e = reduce.sum_error(f, x, np.zeros(x.shape), order_free=True)
+    assert _encloses(reduce.sum_spec(Interval.exact(x)), s, e)
+
+
+# -- §11.7: the cross-entropy VJP's Sterbenz shortcut needs Monotone_exp -----------------------
+@pytest.mark.xfail(strict=True, reason="design §11.7: cross_entropy's VJP takes ŷ − 1 as exact "
+                   "for ŷ ≥ 1/2 (Sterbenz) in every format; the lemma needs a monotone fexp")
+@pytest.mark.parametrize("c", [mpq(1, 2), mpq(5, 8), mpq(11, 16)])
+def test_cross_entropy_vjp_where_sterbenz_fails(c):
+    """``fexp(k) = k − 20`` for ``k ≥ 0``, ``k − 2`` below: ``[1/2, 1)`` has quantum ``2^−20``,
+    ``[1/4, 1/2)`` quantum ``1/8``. Logits ``(0, −c)``, target 0: ``ŷ_0 ≈ 0.62`` and
+    ``ŷ_0 − 1 ≈ −0.38`` rounds to ``−3/8``; with ``ĝ = 2`` the product ``−3/4`` is exact in the
+    fine binade, so nothing else charges that rounding: error ``≈ 5·10^−3``, bound ``3·10^−6``."""
+    f = Format(2, custom(lambda k: k - 20 if k >= 0 else k - 2, window=range(-80, 81)))
+    x, t = np.array([[mpq(0), -c]], dtype=object), np.array([0])
+    g = np.array(mpq(2), dtype=object)
+    (out, _), (bound, _) = loss.cross_entropy_vjp_fused(f, (x, t), (np.zeros((1, 2)), None),
+                                                        g, np.zeros(()))
+    spec = loss.cross_entropy_vjp_spec((Interval.exact(x), Interval.exact(t)), Interval.exact(g))
+    assert _encloses(spec[0], out, bound)
+
+
+# -- §11.8: partial sums in storage (storage_sums) under order=any -----------------------------
+def _conv_transpose_case(A, x, w):
+    import nfbound.ops as ops
+    P, b = ops.get("conv_transpose"), np.zeros(w.shape[1])
+    xs = (x, w, b)
+    y, bound = P.runtime_and_bound(A, xs, tuple(np.zeros(v.shape) for v in xs), stride=1,
+                                   padding=0)
+    return y, bound, P.spec(*(Interval.exact(v) for v in xs), stride=1, padding=0)
+
+
+@pytest.mark.xfail(strict=True, reason="design §11.8: the storage-sums bound charges the "
+                   "storage format's underflow term per rounding; an accumulator that flushes "
+                   "above the storage's b_min errs by more")
+def test_storage_sums_bound_with_an_accumulator_flushing_above_storage_b_min():
+    """Accumulator ``FLT(24, −140)`` with ``ftz+daz`` (``b_min = 2^−117``) for bfloat16 storage
+    (``b_min = 2^−126``): products ``2^−118`` are flushed, so nfbound's own runtime is 0 against
+    ``n·2^−118``; the bound, computed in bfloat16 ``ftz+daz``, charges ``2n·2^−126``."""
+    from nfbound import arith
+    A = arith.get("store=bfloat16,acc=[flt:p=24,emin=-140,emax=128],compute=binary32,"
+                  "order=any,subnormals=ftz+daz,storage_sums=conv_transpose")
+    y, bound, spec = _conv_transpose_case(A, np.full((1, 4, 3, 3), 2.0 ** -59),
+                                          np.full((4, 1, 2, 2), 2.0 ** -59))
+    assert _encloses(spec, y, bound)
+
+
+@pytest.mark.xfail(strict=True, reason="design §11.8: a library that converts each column to "
+                   "storage (col2im) adds a θ per column; the storage-sums bound counts n + 1")
+def test_storage_sums_bound_against_a_col2im_evaluation():
+    """binary16 storage, gradual accumulator ``FLT(24, −25)``; ``conv_transpose`` with one input
+    channel and a ``1×8`` kernel, so the middle output sums 8 columns of one product each. The
+    library evaluation the storage-sums bound claims to cover (``ops/arithmetic.py``): each
+    column ``RN_S(RN_W(x·w))``, the columns added in storage. ``x·w = (3/2 − 2^−10)·2^−25``
+    rounds to ``2^−25`` in ``W`` and then (a tie) to 0 in binary16: the library returns 0
+    against ``8·x·w ≈ 12·2^−25``; the bound is ``(n + 2)·η = 10·2^−25``."""
+    from nfbound import arith
+    A = arith.get("store=binary16,acc=[flt:p=24,emin=-25,emax=16],compute=binary32,"
+                  "order=any,storage_sums=conv_transpose")
+    S, W = A.storage, A.accumulator
+    x, w = np.full((1, 1, 1, 8), 2.0 ** -12 * (1.5 - 2.0 ** -10)), np.full((1, 1, 1, 8), 2.0 ** -13)
+    _, bound, spec = _conv_transpose_case(A, x, w)
+    column = S.round(W.round(np.array([mpq(x[0, 0, 0, 0]) * mpq(w[0, 0, 0, 0])], dtype=object)))
+    library = np.zeros(1)
+    for _ in range(8):   # the middle output: 8 overlapping columns, added in storage
+        library = S.add(library, np.asarray(column, dtype=np.float64))
+    assert library[0] == 0
+    middle = (Ellipsis, slice(7, 8))
+    assert _encloses(Interval(spec.lo[middle], spec.hi[middle]), library.reshape(1, 1, 1, 1),
+                     bound[middle])
