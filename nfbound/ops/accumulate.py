@@ -111,11 +111,16 @@ def _sequential(fmt: Format, t: np.ndarray, e: np.ndarray):
 
 def gamma_up(fmt: Format, n: int) -> float:
     """Upper bound of ``γ_n = (1 + u)^n − 1`` (0 for ``n ≤ 0``), via ``n·u/(1 − n·u)`` when
-    ``n·u < 1`` (Higham, Lemma 3.1), else ``inf``."""
+    ``n·u < 1`` (Higham, Lemma 3.1), else ``inf`` — and in the flush modes already once
+    ``n·u > 1/2``, where the quotient exceeds 1: the argument that a flushing bound covers a
+    library that does not flush charges a flushed input's ``|x̂|`` once, which covers the
+    ``γ·|x̂|·…`` it adds to the non-flushing evaluation only when ``γ ≤ 1``
+    (``ops.arithmetic``; docs/design.md §11.9). A bound ``γ·Σ|t|`` with ``γ > 1`` exceeds every
+    ``|Σ t|`` it bounds, so little is lost."""
     if n <= 0:
         return 0.0
     nu = float(up(n * fmt.u))
-    if nu >= 1.0:
+    if nu >= 1.0 or (nu > 0.5 and fmt.subnormals != "gradual"):
         return float("inf")
     return float(up(nu / float(np.nextafter(1.0 - nu, 0.0))))
 
@@ -146,7 +151,9 @@ def order_free_bound(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool):
 
     * gradual underflow, ``τ = η`` (Flocq ``relative_error_N_FLT``); an *addition* then has
       ``θ = 0``: a sum of two values of a format that lies below ``b_min`` is itself a value
-      of the format (Hauser), above it the relative model holds;
+      of the format (Hauser), above it the relative model holds. Hauser's argument needs every
+      value to be a multiple of ``β^emin``, which a non-monotone custom exponent function can
+      break (docs/design.md §11.6): there additions are counted like flush-mode ones;
     * flush modes, ``τ = b_min``: a flushed result is ``0 = z − z`` with ``|z| < b_min`` in every
       tininess convention (``δ = 0``, ``θ = −z``), additions included; a subnormal intermediate
       ``ŝ = RN(z)`` read as 0 by a DAZ operation is ``0 = z − z`` with ``|z| ≤ |ŝ| + η ≤ b_min``,
@@ -157,7 +164,8 @@ def order_free_bound(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool):
     most ``m − 1`` additions, the final conversion: ``L = m + 1`` (products) or ``m`` — so
     ``|Π(1 + δ) − 1| ≤ γ_L`` (Higham, Lemma 3.1), and above any rounding at most ``L − 1``
     remain. The roundings that may carry a ``θ`` number at most ``K``: the ``m`` product
-    roundings (products), the final conversion, and in the flush modes the ``m − 1`` additions.
+    roundings (products), the final conversion, and in the flush modes (or for a non-monotone
+    exponent function) the ``m − 1`` additions.
     Hence, with the input errors,
 
         |ŷ − Σ spec_j| ≤ γ_L·Σ|ℓ_j| + K·τ·(1 + γ_{L−1}) + eps_sum,
@@ -165,10 +173,11 @@ def order_free_bound(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool):
     valid when no rounding overflows. ``Z = (1 + γ_L)·Σ|ℓ_j| + K·τ·(1 + γ_{L−1})`` bounds the
     exact operand of every rounding (the same unrolling over a subtree): callers return ``inf``
     where ``Z > max_finite`` (:func:`overflow_guard`). Fixed point: ``γ = 0``. ``γ_L = inf``
-    once ``L·u ≥ 1``: the bound is then vacuous.
+    once ``L·u ≥ 1`` (``> 1/2`` in the flush modes, :func:`gamma_up`).
     """
     L = m + 1 if products else m
-    K = (m if products else 0) + 1 + (0 if fmt.subnormals == "gradual" else m - 1)
+    exact_additions = fmt.subnormals == "gradual" and fmt.fexp.monotone
+    K = (m if products else 0) + 1 + (0 if exact_additions else m - 1)
     g, g1 = gamma(fmt, L), gamma(fmt, L - 1)
     theta = mul_up(float(K), fmt.underflow_term)
     theta = add_up(theta, mul_up(theta, g1))

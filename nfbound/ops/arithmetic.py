@@ -27,11 +27,18 @@ Bounds. The op's own rules in ``W`` give ``|z − f(x)| ≤ e_W`` for the spec i
   bound is ``e_W + u_S·M + τ_S``, independent of which evaluation the library chose.
 
 Partial sums in storage (``A.storage_sums``: rule names such as ``conv_transpose`` for a
-forward rule and ``conv.vjp`` for a VJP; measured for PyTorch CPU without oneDNN):
-under ``order=any`` the bound is the op's order-free bound *in storage* (with ``W``'s subnormal
-mode): it takes every rounding of the evaluation tree — products, additions and the final
-conversion, ``n + 1`` per path — to err by at most ``u_S`` relative and the flush term
-absolute, which covers every mixture of roundings to ``W`` (``u_W ≤ u_S``) and to ``S``.
+forward rule and ``conv.vjp`` for a VJP; measured for PyTorch CPU without oneDNN, whose
+``col2im`` adds GEMM columns — sums in ``W`` rounded to ``S`` — into the output in ``S``): under
+``order=any`` the bound is the op's order-free bound in ``S`` *with flushing* (``ftz+daz``).
+Model: each output is a sum in ``S`` (any order) of columns, each column a sum in ``W`` (any
+order) of products converted once to ``S``. A leaf's path then has at most ``m + 1`` roundings
+(its product, the additions of its column and of the columns, one conversion: ``c + k ≤ ck + 1``
+for ``c`` columns of ``k`` products), each with ``|δ| ≤ u_S`` (``u_W ≤ u_S``); the roundings
+that may carry a ``θ`` are the ``m`` products, at most ``m`` conversions and, in ``W``'s flush
+mode, the additions: at most ``2m``, which is the count of the flushing lemma
+(``accumulate.order_free_bound``: ``m`` products, one conversion, ``m − 1`` additions), each
+``|θ| ≤ b_min(S)`` — this needs ``W``'s underflow term at most ``b_min(S)``, else the rule is
+refused (docs/design.md §11.8).
 
 When every value of ``W`` is a value of ``S`` (the same format with another subnormal mode,
 ``torch-cpu-float32``), ``RN_S(z) = z`` and no conversion term is charged.
@@ -152,7 +159,12 @@ def _storage_sums(rule: str, A: Arithmetic, W: Format, any_order: bool) -> Forma
     to storage in ``rule`` (``"conv_transpose"``, ``"conv.vjp"``; module doc), or ``None``."""
     if not any_order or rule not in A.storage_sums or contains(A.storage, W):
         return None
-    return with_subnormals(A.storage, W.subnormals)
+    S = with_subnormals(A.storage, "ftz+daz")
+    if W.underflow_term_exact > S.underflow_term_exact:
+        raise ValueError(f"storage_sums: {rule} in {A} needs the working format's underflow "
+                         f"term ({W}: {float(W.underflow_term_exact):.3g}) at most the storage's "
+                         f"smallest normal ({float(S.underflow_term_exact):.3g})")
+    return S
 
 
 def fused(P, A: Arithmetic, xs, eps, **params):

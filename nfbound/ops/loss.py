@@ -26,7 +26,7 @@ from ..bounds.upward import add_up, div_up, exact_array_up, mul_up
 from ..formats import Format
 from . import checks
 from .accumulate import check_order
-from .elementwise import _zero, mul_error
+from .elementwise import _sterbenz, _zero, mul_error
 from .interval import Interval
 from .pool import divide_by_count, divide_by_count_error, sequential_sum
 from .primitive import Primitive, register
@@ -402,7 +402,8 @@ def cross_entropy_vjp_spec(xs, g: Interval, *, order: str = "sequential"):
 def cross_entropy_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, order: str = "sequential"):
     """``ε_y`` from the softmax bound (``softmax.softmax_last_error``); ``v̂ = RN(ŷ − 1[c=t])``:
     ``ε_y + r`` with ``r = 0`` off the target (subtracting 0) and where ``ŷ ≥ 1/2`` (Sterbenz:
-    ``ŷ − 1`` is exact for ``1/2 ≤ ŷ ≤ 1``); ``k̂ = RN(ĝ/N)``: ``ε_g/N + r``; the product rule."""
+    ``ŷ − 1`` is exact for ``1/2 ≤ ŷ ≤ 1``; it needs a monotone exponent function,
+    ``elementwise._sterbenz`` applies it to FLX/FLT/FIX only — docs/design.md §11.7); ``k̂ = RN(ĝ/N)``: ``ε_g/N + r``; the product rule."""
     return cross_entropy_vjp_fused(fmt, xs, eps, g, eps_g, order=order)[1]
 
 
@@ -419,19 +420,11 @@ def cross_entropy_vjp_fused(fmt: Format, xs, eps, g, eps_g, *, order: str = "seq
     hot = _onehot(t, x.shape, y)
     v = fmt.sub(y, hot)
     off = np.arange(x.shape[1])[None, :] != t[:, None]
-    half = _at_least_half(y)
+    half = _sterbenz(fmt, y, hot)   # ŷ − 1 exact for 1/2 ≤ ŷ ≤ 2 (FLX/FLT/FIX only)
     ev = add_up(ey, rounding_term(fmt, v, off | half | _zero(y)))
     k, ek = divide_by_count_error(fmt, g, eg, x.shape[0])
     out, eo = mul_error(fmt, v, ev, np.broadcast_to(k, v.shape), np.broadcast_to(ek, v.shape))
     return (out, None), (eo, None)
-
-
-def _at_least_half(y) -> np.ndarray:
-    a = np.asarray(y)
-    if a.dtype == object:
-        return np.vectorize(lambda v: (not isinstance(v, float)) and v >= mpq(1, 2), otypes=[bool])(a)
-    with np.errstate(invalid="ignore"):
-        return a >= 0.5
 
 
 def _sample_ce(rng, fmt: Format):
