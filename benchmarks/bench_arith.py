@@ -20,9 +20,11 @@ rounding errors):
 
 Times are the median of ``--repeat`` calls after one warm-up call (Numba compiles on the
 first); ratios are against torch float32, and ``bound ÷ rt`` is runtime + bound over runtime
-alone. No timed asserts. ``--profile`` adds a cProfile of the slowest nfbound configuration.
+alone. No timed asserts. PyTorch and Numba run on ``--threads`` threads (default 1: on a
+shared machine, thread pools that spin at barriers make multi-threaded timings swing by 100×).
+``--profile`` adds a cProfile of the slowest nfbound configuration.
 
-    python benchmarks/bench_arith.py [--repeat 5] [--profile]
+    python benchmarks/bench_arith.py [--repeat 5] [--threads 1] [--profile]
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ def torch_conv_per_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torc
     for c in range(c_in):
         for di in range(k):
             for dj in range(k):
-                acc = acc + xp[:, c:c + 1, di:di + h, dj:dj + wd] * w[None, :, c, di, dj, None, None]
+                tap = w[None, :, c, di, dj, None, None]
+                acc = acc + xp[:, c:c + 1, di:di + h, dj:dj + wd] * tap
     return acc + b[None, :, None, None]
 
 
@@ -127,9 +130,12 @@ def profile(call: Callable[[], object], top: int = 14) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="PyTorch and Numba threads")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the slowest nfbound configuration")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
           f"median of {args.repeat} after a warm-up")
@@ -140,8 +146,8 @@ def main() -> None:
         t_native = rows[0][1]
         for config, t, note, t_rt, call in rows:
             cost = "" if t_rt is None else f"{t / t_rt:.2f}x"
-            print(f"{label:<24}{config:<38}{t * 1e3:>8.1f} ms{t / t_native:>8.0f}x{cost:>12}  {note}",
-                  flush=True)
+            print(f"{label:<24}{config:<38}{t * 1e3:>8.1f} ms{t / t_native:>8.0f}x{cost:>12}"
+                  f"  {note}", flush=True)
             if config.startswith("nfbound") and t > slowest[0]:
                 slowest = (t, f"{label}: {config}", call)
     if args.profile:

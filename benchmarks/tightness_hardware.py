@@ -5,11 +5,13 @@ PyTorch CPU ``matmul`` (16³, 64³, 256³, 64×4096×64), ``F.linear``, ``F.conv
 float32 ``matmul`` (OpenBLAS), run on storage values of three kinds:
 
 * ``normal``: N(0, 1) entries (biases scaled by 0.1);
-* ``cancel``: along the reduction index, the first operand repeats its first half
+* ``cancel``: along a reduction axis (the input channels for the convs), the first operand
+  repeats its first half
   (``x_{j+h} = x_j``) and the second negates it up to a factor ``1 + {0, 1}·2^−6``
   (``w_{j+h} = −w_j(1 + δ_j)``), so every output is ``−Σ δ_j x_j w_j``, small against
   ``Σ |x_j w_j|`` (biases scaled by ``2^−6``);
-* ``wide``: N(0, 1) times ``2^U``, ``U`` uniform over ±20 (±4 for float16, a quarter of its range).
+* ``wide``: N(0, 1) times ``2^U``, ``U`` uniform over ±20 (±4 for float16: a quarter of its
+  range).
 
 The true error ``|ŷ − y|`` of every output entry is exact: ``y`` is the exact spec, the
 library's rational spec (:attr:`Primitive.spec`) for the convs and, for ``matmul`` and
@@ -26,8 +28,12 @@ nonzero true error, the median / 90th percentile / max of ``bound ÷ true error`
   accumulator, but it is the bound nfbound offered before arithmetics (``inf`` once
   ``(n + 1)·u ≥ 1``: bfloat16 from ``n = 255``);
 
-and ``exact``, the share of entries whose true error is 0 (left out of the ratios). Targets
-(median): ``torch-cpu-bfloat16`` ≤ 10×, ``torch-cpu-float32`` ≤ 20× on matmul, linear and conv.
+``exact``, the share of entries whose true error is 0 (left out of the ratios), and ``acc``,
+the median share of the preset's bound that is the binary32 accumulator's order-free error
+(:func:`accumulator_share`; the rest is the conversion to storage). Targets (median):
+``torch-cpu-bfloat16`` ≤ 10×, ``torch-cpu-float32`` ≤ 20× on matmul, linear, conv. A second
+table (:func:`growth`) shows how the float32 libraries' error grows with the reduction length
+against the ``γ_{n+1}·Σ|t|`` of the bound.
 
     python benchmarks/tightness_hardware.py [--seed 0] [--only conv] [--dtypes bfloat16]
 """
