@@ -25,6 +25,7 @@ from nfbound.bounds.upward import exact_array_up
 from nfbound.formats.reference import to_exact
 from nfbound.ops import loss, pool, softmax
 from nfbound.ops.accumulate import accumulate
+from nfbound.ops.elementwise import div_error
 from nfbound.ops.interval import Interval, exact_array
 
 FORMATS = ["bfloat16", "binary16", "float8_e4m3fn", "binary32", "bfloat16:subnormals=ftz+daz",
@@ -312,7 +313,8 @@ def test_order_free_bound_encloses_emulated_libraries(op, fmt_name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt_name", FORMATS + ["float8_e5m2", "binary16:rounding=up",
-                                                "bfloat16:rounding=zero", "binary16:subnormals=ftz"])
+                                                "bfloat16:rounding=zero", "binary16:subnormals=ftz",
+                                                "binary16:subnormals=daz"])
 @pytest.mark.parametrize("op", OPS)
 def test_order_free_bound_encloses_emulated_libraries_sweep(op, fmt_name):
     for trial in range(12):
@@ -320,3 +322,219 @@ def test_order_free_bound_encloses_emulated_libraries_sweep(op, fmt_name):
         size = (3, 8, 24, 40)[trial % 4] if fmt_name != "decimal32" else (3, 6, 10)[trial % 3]
         check_every_library(op, fmt_name, kind, size, (0.0, 2.0 ** -9, 2.0 ** -4)[trial % 3],
                             _seed(op, fmt_name, trial, "sweep"))
+
+
+# =============================================================================================
+# Regressions: one evaluation's replay bound is not an order-free bound
+# =============================================================================================
+@pytest.mark.parametrize("op, x, params", [
+    ("avg_pool", [[[1.34375, -1.1640625, -0.138671875, 0.002227783203125]]], {"kernel_size": 4}),
+    ("softmax", [[-1.5, -1.0, -1.0, -1.0, 3.0, 0.5]], {}),
+])
+def test_reversed_sum_escapes_the_sequential_replay_bound_not_the_order_free_one(op, x, params):
+    """bfloat16: summed in reverse, this window mean (softmax row) lands outside the replay
+    bound of the sequential runtime — so an ``order=any`` arithmetic cannot reuse it — and
+    inside the order-free bound. Before, these ops had no ``order_free`` keyword and every
+    ``order=any`` arithmetic refused them."""
+    fmt = formats.get("bfloat16")
+    x = fmt.round(np.array(x))
+    P = ops.get(op)
+    eps = (np.zeros(x.shape),)
+    spec = P.spec(Interval.exact(x), **params)
+    library = LIBS[op][0](fmt, (x,), params, SUMS["reversed"], None, None)
+    _, replay = P.runtime_and_bound(fmt, (x,), eps, **params)
+    _, free = P.runtime_and_bound(fmt, (x,), eps, order_free=True, **params)
+    assert not spec.encloses(library, replay).all()
+    assert spec.encloses(library, free).all()
+
+
+def test_a_rounding_after_the_sum_is_bounded_for_every_evaluation():
+    """bfloat16 with flushing: the last probability is ``RN(ê/ŝ) = b_min`` after the sequential
+    sum and flushes to 0 after the reversed one (``ŝ'`` an ulp larger): an error of about
+    ``b_min``. Neither the sequential replay bound nor an order-free sum bound followed by the
+    division rule with the *runtime* quotient's rounding term (``2^−134``) covers it; the
+    order-free rule bounds the division's rounding for every quotient it may round
+    (``pool.any_rounding``: ``γ_1·q + τ``, ``τ = b_min``)."""
+    fmt = formats.get("bfloat16:subnormals=ftz+daz")
+    P = ops.get("softmax")
+    x = fmt.round(np.array([[0.0, -3.21875, -3.21875, -3.765625, -1.578125, -3.71875, -5.875,
+                             -2.78125, -4.875, -87.0]]))
+    eps = (np.zeros(x.shape),)
+    spec = P.spec(Interval.exact(x))
+    library = lib_softmax(fmt, (x,), {}, SUMS["reversed"], None, None)
+    assert P.runtime(fmt, x)[0, -1] == float(fmt.smallest_normal) and library[0, -1] == 0
+    S = softmax.stable_exp_sum_error(fmt, x, eps[0], "sequential", order_free=True)
+    _, naive = div_error(fmt, S.e, S.eta, np.broadcast_to(S.s[:, None], x.shape),
+                         np.broadcast_to(S.sigma[:, None], x.shape), floor=1.0)
+    _, replay = P.runtime_and_bound(fmt, (x,), eps)
+    _, free = P.runtime_and_bound(fmt, (x,), eps, order_free=True)
+    assert not spec.encloses(library, replay).all()
+    assert not spec.encloses(library, naive).all()
+    assert spec.encloses(library, free).all()
+
+
+def test_order_free_must_be_a_bool_in_every_rule():
+    fmt = formats.get("bfloat16")
+    rng = np.random.default_rng(0)
+    for op in OPS:
+        P = ops.get(op)
+        xs, params = _instance(rng, fmt, op, "normal", 4)
+        eps = tuple(np.zeros(np.shape(x)) for x in xs)
+        g = fmt.round(np.ones(np.shape(P.runtime(fmt, *xs, **params))))
+        calls = [lambda p: P.runtime(fmt, *xs, **p), lambda p: P.bound(fmt, xs, eps, **p),
+                 lambda p: P.vjp_runtime(fmt, xs, g, **p),
+                 lambda p: P.vjp_bound(fmt, xs, eps, g, np.zeros(np.shape(g)), **p)]
+        for call in calls:
+            with pytest.raises(ValueError, match="order_free"):
+                call({**params, "order_free": "yes"})
+
+
+# =============================================================================================
+# The deployment presets (order=any): compute format, any order, one rounding to storage
+# =============================================================================================
+PRESETS = ["torch-cpu-bfloat16", "torch-cpu-float32"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("op", OPS)
+def test_preset_bounds_enclose_the_spec_and_every_library(op, preset):
+    """``P.runtime_and_bound(A, …)`` and ``P.vjp_runtime_and_bound(A, …)`` work for the
+    ``order=any`` presets (they refused these ops before) and enclose the exact spec, and so
+    does every emulated library computing the op in the compute format, its sums in any way,
+    rounded once to storage."""
+    A = arith.get(preset)
+    S, W = A.storage, A.compute
+    P = ops.get(op)
+    rng = np.random.default_rng(_seed(op, preset))
+    for i, kind in enumerate(("normal", "ties", "wide")):
+        xs, params = _instance(rng, S, op, kind, 10)
+        specs, eps = _spec_inputs(rng, xs, (0.0, 2.0 ** -9)[i % 2])
+        y, bound = P.runtime_and_bound(A, xs, eps, **params)
+        spec = P.spec(*specs, **params)
+        g = S.round(rng.standard_normal(np.shape(y)))
+        eg = np.zeros(np.shape(g))
+        grads, gbounds = P.vjp_runtime_and_bound(A, xs, eps, g, eg, **params)
+        gspecs = P.vjp_spec(specs, Interval.exact(exact_array(g)), **params)
+        forward, backward = LIBS[op]
+        for name in ("sequential", "pairwise", "tree", "exact"):
+            outs = [y, S.round(forward(W, xs, params, SUMS[name], DOTS[name], rng))]
+            for out in outs:
+                assert spec.encloses(out, bound).all(), (op, preset, kind, name)
+            libs = [S.round(gr) if gr is not None else None
+                    for gr in backward(W, xs, g, params, SUMS[name], DOTS[name], rng)]
+            for gr_set in (grads, libs):
+                for gr, gs, gb in zip(gr_set, gspecs, gbounds):
+                    if gr is not None:
+                        assert gs.encloses(gr, gb).all(), (op, preset, kind, name, "vjp")
+
+
+# =============================================================================================
+# PyTorch's CPU kernels against the presets
+# =============================================================================================
+TORCH_DTYPES = {"bfloat16": "torch-cpu-bfloat16", "float16": "torch-cpu-float16",
+                "float32": "torch-cpu-float32"}
+
+
+def _torch_forward(op: str, xs, params, dtype_name: str) -> np.ndarray:
+    """PyTorch's CPU output of ``op`` on storage values (float64 out)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    dtype = getattr(torch, dtype_name)
+
+    def tensor(x):
+        return torch.tensor(np.asarray(x, dtype=np.float64)).to(dtype)
+    if op == "softmax":
+        out = torch.softmax(tensor(xs[0]), dim=params.get("dim", -1))
+    elif op == "avg_pool":
+        out = F.avg_pool2d(tensor(xs[0]), params["kernel_size"], params["stride"],
+                           params["padding"])
+    elif op == "mse_loss":
+        out = F.mse_loss(tensor(xs[0]), tensor(xs[1]))
+    else:
+        out = F.cross_entropy(tensor(xs[0]), torch.tensor(xs[1]))
+    return out.to(torch.float64).numpy()
+
+
+def check_torch(op: str, dtype_name: str, kinds, sizes, seed: int) -> None:
+    """PyTorch's output lies within the preset's bound of the exact spec (rational check)."""
+    A = arith.get(TORCH_DTYPES[dtype_name])
+    P = ops.get(op)
+    rng = np.random.default_rng(seed)
+    for kind in kinds:
+        for size in sizes:
+            xs, params = _instance(rng, A.storage, op, kind, size)
+            eps = tuple(np.zeros(np.shape(x)) for x in xs)
+            _, bound = P.runtime_and_bound(A, xs, eps, **params)
+            spec = P.spec(*(Interval.exact(exact_array(x)) if np.asarray(x).dtype.kind == "f"
+                            else x for x in xs), **params)
+            out = _torch_forward(op, xs, params, dtype_name)
+            ok = spec.encloses(out, bound)
+            assert ok.all(), (f"PyTorch {op} ({dtype_name}, {kind}, {size}) escapes the bound of "
+                              f"{A}: distance {spec.distance(out)[~ok][:3]} > bound "
+                              f"{np.asarray(bound)[~ok][:3]}")
+
+
+TORCH_CASES = [(op, d) for op in ("softmax", "avg_pool") for d in TORCH_DTYPES] + \
+    [("mse_loss", "float32"), ("cross_entropy", "float32")]
+
+
+@pytest.mark.parametrize("op, dtype_name", TORCH_CASES)
+def test_torch_cpu_output_within_preset_bound(op, dtype_name):
+    check_torch(op, dtype_name, ("normal", "ties", "wide"), (5, 40), _seed(op, dtype_name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op, dtype_name", TORCH_CASES)
+def test_torch_cpu_output_within_preset_bound_sweep(op, dtype_name):
+    for seed in range(8):
+        check_torch(op, dtype_name, KINDS, (3, 17, 64, 300), _seed(op, dtype_name, seed))
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_torch_half_precision_mse_loss_is_three_storage_ops(dtype_name):
+    """Why PyTorch's bfloat16/float16 ``F.mse_loss`` is *not* the preset's single op (computed
+    in binary32, rounded once) and escapes its bound: ``mse_kernel`` evaluates
+    ``(a − b)²`` with ``Vectorized<scalar_t>`` operations, each rounding to storage, then
+    ``mean``. As ``sub``, ``mul`` and ``mean`` nodes of the preset it lies within the composed
+    bound (and the emulation ``RN_S(Σ RN_S(RN_S(x − t)²)/n)`` is bit-exact on these data)."""
+    A = arith.get(TORCH_DTYPES[dtype_name])
+    S = A.storage
+    rng = np.random.default_rng(_seed("mse-composite", dtype_name))
+    for kind in ("normal", "ties", "wide"):
+        (x, t), _ = _instance(rng, S, "mse_loss", kind, 12)
+        zero = np.zeros(x.shape)
+        d, ed = ops.get("sub").runtime_and_bound(A, (x, t), (zero, zero))
+        q, eq = ops.get("mul").runtime_and_bound(A, (d, d), (ed, ed))
+        _, bound = ops.get("mean").runtime_and_bound(A, (q,), (eq,), axis=None)
+        spec = ops.get("mse_loss").spec(Interval.exact(exact_array(x)), Interval.exact(exact_array(t)))
+        out = _torch_forward("mse_loss", (x, t), {}, dtype_name)
+        assert spec.encloses(out, bound)
+        assert out == _value(S, sum((to_exact(v) for v in q.reshape(-1)), mpq(0)) / q.size)
+
+
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_torch_half_precision_cross_entropy_is_log_softmax_then_storage_sums(dtype_name):
+    """Why PyTorch's bfloat16/float16 ``F.cross_entropy`` is *not* the preset's single op and
+    escapes its bound: it is ``nll_loss(log_softmax(x))`` with the log-probabilities stored in
+    the storage format and ``nll_loss_out_frame`` summing the picked ones with ``scalar_t``
+    (storage) partial sums — its cascade leaves row 0 for last — then dividing by ``N`` in
+    storage: bit-exact here. (float16's ``log_softmax`` also rounds its intermediate steps to
+    storage; bfloat16's computes in binary32 and rounds once, so each stored bfloat16 row is
+    within the preset's bound of a one-row cross_entropy.)"""
+    torch = pytest.importorskip("torch")
+    A = arith.get(TORCH_DTYPES[dtype_name])
+    S, P = A.storage, ops.get("cross_entropy")
+    rng = np.random.default_rng(_seed("ce-composite", dtype_name))
+    for kind in ("normal", "ties", "wide"):
+        xs, _ = _instance(rng, S, "cross_entropy", kind, 12)
+        x, t = xs
+        logp = torch.log_softmax(torch.tensor(x).to(getattr(torch, dtype_name)), -1)
+        rows = -np.take_along_axis(logp.to(torch.float64).numpy(), t[:, None], 1)[:, 0]
+        total = _add(S, accumulate(S, rows[1:], 0.0)[0][()] if len(rows) > 1 else 0.0, rows[0])
+        library = S.div(np.asarray([total]), np.asarray([float(len(rows))]))[0]
+        assert library == _torch_forward("cross_entropy", xs, {}, dtype_name)
+        if dtype_name == "bfloat16":
+            for n in range(len(t)):
+                one = (x[n:n + 1], t[n:n + 1])
+                _, b = P.runtime_and_bound(A, one, (np.zeros((1, x.shape[1])), np.zeros(1)))
+                assert P.spec(Interval.exact(exact_array(one[0])), one[1]).encloses(rows[n], b)

@@ -2,8 +2,19 @@
 
 Both return a 0-d array. The mean divides the rounded sum by the exact element count ``n``
 (:func:`~nfbound.ops.pool.divide_by_count`: one rounding of ``ŝ/n``; ``n`` is not rounded to
-the format). Reductions take ``order`` (default sequential, TorchLean). Targets are not
-differentiable: their gradient is ``None``.
+the format). Reductions take ``order`` (default sequential, TorchLean) and ``order_free``:
+with it (what an ``order=any`` arithmetic passes) the bounds hold for *every* evaluation of
+the sums — mse_loss's ``Σ d̂²`` with the squares rounded or fused into the additions,
+cross_entropy's exponential sums and its sum over rows — and every step after a sum is
+bounded for every value that sum may take (``pool.order_free_mean_bound``,
+``pool.any_rounding``, ``softmax.mul_any``). Targets are not differentiable: their gradient
+is ``None``.
+
+Library kernels (measured, ``tests/test_order_free_reductions.py``): PyTorch's binary32
+losses lie within the ``torch-cpu-float32`` bounds. Its bfloat16/float16 kernels are not these
+single ops: ``F.mse_loss`` rounds ``x − t`` and its square to storage (three ops: ``sub``,
+``mul``, ``mean``), and ``F.cross_entropy`` is ``nll_loss`` of a stored ``log_softmax`` with
+storage partial sums.
 
 Inputs. The runtime, bound and VJP rules take runtime values: ``input``, the ``target`` of
 ``mse_loss`` and the upstream gradient ``g`` (a 0-d array, the loss's shape) must be finite

@@ -25,9 +25,17 @@ contribution; the first addition ``0 + c`` is exact. The replay bound of this su
 ``Σ δ_w + Σ r_k`` (DESIGN §4), ``r_k = 0`` for an addition with an operand 0. This order is
 fixed (``order`` selects the order of avg_pool's forward window sums only).
 
+Any order. ``avg_pool``'s rules take ``order_free`` (what an ``order=any`` arithmetic passes):
+its bounds then hold for *every* evaluation of the window sums and of the gradient
+accumulation — any tree, blocking, wider accumulator — and for the runtime's stated one
+(:func:`order_free_sum`, :func:`order_free_mean_bound`: ``accumulate.order_free_bound``). A
+rounding whose operand depends on how an earlier sum was evaluated is bounded for every such
+operand (:func:`any_rounding`), not by the runtime's rounding term.
+
 Shared with :mod:`~nfbound.ops.softmax` and :mod:`~nfbound.ops.loss`: :func:`sequential_sum`
-(``accumulate`` with a compiled engine for the sequential orders, identical results) and
-:func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule.
+(``accumulate`` with a compiled engine for the sequential orders, identical results),
+:func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule, and the
+any-order helpers above.
 
 Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
 ``g`` (of the output's shape ``(N, C, *out)``) must be finite values of the format

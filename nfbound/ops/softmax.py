@@ -19,6 +19,16 @@ shift costs no error term at all.
 rounding is monotone, so each partial sum dominates its operands. Hence
 ``0 ≤ ê_i ≤ ŝ`` and ``ŷ_i ∈ [0, 1]``, like the spec.
 
+Any order. Every rule takes ``order_free`` (what an ``order=any`` arithmetic passes): the
+bounds then hold for *every* evaluation of the sums — ``ŝ`` (any tree, blocking, wider
+accumulator) and the VJP's ``⟨ĝ, ŷ⟩`` (products rounded or fused into the additions) — not
+only for the runtime's ``order``. The steps after a sum see another evaluation's value, so
+they are bounded for every value the sum may take (:func:`stable_exp_sum_error`,
+:func:`_softmax_composed`, :func:`_softmax_vjp_free`; ``pool.order_free_sum``,
+``pool.any_rounding``). The exponentials are correctly rounded in this model; PyTorch's
+binary32 ``exp`` (SLEEF, 1-ulp) is not, and multiplies by ``1/ŝ`` instead of dividing
+(``tests/test_order_free_reductions.py`` measures its outputs against the bounds).
+
 Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
 ``g`` (of ``x``'s shape, the output's) must be finite values of the format
 (``checks.format_value``; a ``ValueError`` names the argument otherwise). The ``*_last``
