@@ -204,8 +204,9 @@ def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential",
     * ``|ŝ − Σ e^(x_j − m̂)| ≤ σ``: the replay of the rounded sum in ``order`` (``spread = 0``:
       that evaluation only), or with ``order_free`` the bound of *every* evaluation ``ŝ'`` of
       the sum (``pool.order_free_sum`` of the ``ê``, which no order changes, plus ``Σ η``) and
-      ``spread = 2ρ ≥ |ŝ' − ŝ|`` (``ρ`` that bound with the ``ê`` as their own spec; the
-      runtime ``ŝ`` is one evaluation).
+      ``spread = 2ρ ≥ |ŝ' − ŝ|`` (``ρ`` that bound with the ``ê`` as their own spec — a
+      subnormal ``ê_j`` that an addition reads as 0 under DAZ, and a wider accumulator does
+      not, erring by ``ê_j``; the runtime ``ŝ`` is one evaluation).
 
     Every evaluation has ``ŝ' ≥ 1`` and ``ŝ' ≥ ê_i``: on the path from a leaf ``v ≥ b_min`` to
     the root every node is a monotone rounding of a sum of nonnegative operands one of which is
@@ -224,7 +225,9 @@ def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential",
         s, sigma = sequential_sum(fmt, e, eta, order=order, axis=-1)
         return ExpSum(m, d, delta, e, eta, s, sigma, np.zeros(np.shape(s)))
     s, _ = sequential_sum(fmt, e, None, order=order, axis=-1)
-    rho, _ = order_free_sum(fmt, sum_up(abs_up(e), axis=-1), x.shape[-1], 0.0)
+    read_as_zero = abs_up(np.asarray(e) - np.asarray(fmt.daz(e)))
+    rho, _ = order_free_sum(fmt, sum_up(abs_up(e), axis=-1), x.shape[-1],
+                            sum_up(read_as_zero, axis=-1))
     sigma = guard_nonfinite(fmt, s, add_up(rho, sum_up(eta, axis=-1)))
     return ExpSum(m, d, delta, e, eta, s, sigma, mul_up(2.0, rho))
 
