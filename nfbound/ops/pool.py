@@ -25,9 +25,17 @@ contribution; the first addition ``0 + c`` is exact. The replay bound of this su
 ``Σ δ_w + Σ r_k`` (docs/design.md §4), ``r_k = 0`` for an addition with an operand 0. This order is
 fixed (``order`` selects the order of avg_pool's forward window sums only).
 
+Any order. ``avg_pool``'s rules take ``order_free`` (what an ``order=any`` arithmetic passes):
+its bounds then hold for *every* evaluation of the window sums and of the gradient
+accumulation — any tree, blocking, wider accumulator — and for the runtime's stated one
+(:func:`order_free_sum`, :func:`order_free_mean_bound`: ``accumulate.order_free_bound``). A
+rounding whose operand depends on how an earlier sum was evaluated is bounded for every such
+operand (:func:`any_rounding`), not by the runtime's rounding term.
+
 Shared with :mod:`~nfbound.ops.softmax` and :mod:`~nfbound.ops.loss`: :func:`sequential_sum`
-(``accumulate`` with a compiled engine for the sequential orders, identical results) and
-:func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule.
+(``accumulate`` with a compiled engine for the sequential orders, identical results),
+:func:`divide_by_count` (``RN(s/n)`` for an exact integer ``n``) with its error rule, and the
+any-order helpers above.
 
 Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
 ``g`` (of the output's shape ``(N, C, *out)``) must be finite values of the format
@@ -48,14 +56,17 @@ import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import guard_nonfinite, rounding_term
-from ..bounds.upward import abs_up, add_up, div_up
+from ..bounds.upward import abs_up, add_up, div_up, mul_up, sum_up
 from ..formats import Format, fast
 from . import checks
-from .accumulate import accumulate, check_order, rounded_add
+from .accumulate import (accumulate, check_order, gamma, order_free_bound, overflow_guard,
+                         rounded_add)
 from .conv_kernels import add_step
 from .elementwise import _zero
 from .interval import Interval
+from .linalg import _sample_order
 from .primitive import Primitive, register
+from .reduce import _check_bool
 
 
 # -- geometry ----------------------------------------------------------------------------------
@@ -300,6 +311,57 @@ def divide_by_count_error(fmt: Format, s, es, n: int):
                                              rounding_term(fmt, y, _zero(s))))
 
 
+# -- every evaluation order (shared with softmax and loss) ---------------------------------------
+def any_rounding(fmt: Format, M) -> np.ndarray:
+    """``γ_1·M + τ``: an upper bound of ``|RN(z) − z|`` for *every* exact ``|z| ≤ M``.
+
+    The error model of ``accumulate.order_free_bound``: ``RN(z) = z(1 + δ) + θ`` with
+    ``|δ| ≤ u ≤ γ_1`` and ``|θ| ≤ τ = fmt.underflow_term`` (Flocq ``relative_error_N_FLT`` and
+    its directed analogue; in the flush modes a flushed result, or a subnormal one read as 0 by
+    the next operation, is ``0 = z − z`` with ``|z| ≤ b_min = τ``). It serves a rounding whose
+    operand depends on the evaluation order of an earlier sum: the runtime's rounding term is
+    computed from the runtime's result and need not bound another evaluation's (whose result
+    may lie in a larger binade). ``accumulate.gamma`` refuses a format without a relative error
+    model. No overflow check: callers guard ``M`` (``accumulate.overflow_guard``).
+    """
+    return add_up(mul_up(gamma(fmt, 1), M), fmt.underflow_term)
+
+
+def order_free_sum(fmt: Format, abs_sum, m: int, eps_sum, *, products: bool = False):
+    """``(bound, Z)`` for a sum of ``m`` leaves evaluated in *any* way: ``bound ≥ |ŝ' − s|`` for
+    every evaluation ``ŝ'`` (any tree, blocking, FMA, wider accumulator; the spec sum ``s``) and
+    ``Z ≥ |ŝ'|``.
+
+    ``accumulate.order_free_bound`` (its lemma; leaves, ``abs_sum ≥ Σ|ℓ_j|``, ``eps_sum`` and
+    ``products`` as there), ``inf`` where some rounding could overflow (``overflow_guard``).
+    ``Z`` bounds the result as well as every operand: the lemma with the leaves as their own
+    spec (``eps_sum = 0``) gives ``|ŝ' − Σℓ| ≤ γ_L·Σ|ℓ| + K·τ·(1 + γ_{L−1})``, so
+    ``|ŝ'| ≤ Σ|ℓ| + γ_L·Σ|ℓ| + K·τ·(1 + γ_{L−1}) = Z``. At most one leaf without products: no
+    rounding at all (the sum is the leaf, a format value), so ``(eps_sum, abs_sum)``.
+    """
+    if m <= 1 and not products:
+        return np.asarray(eps_sum, dtype=np.float64) + 0.0, np.asarray(abs_sum, dtype=np.float64)
+    b, Z = order_free_bound(fmt, abs_sum, m, eps_sum, products=products)
+    return overflow_guard(fmt, Z, b), Z
+
+
+def order_free_mean_bound(fmt: Format, abs_sum, m: int, eps_sum, n: int, *,
+                          products: bool = False) -> np.ndarray:
+    """Bound of ``|RN(ŝ'/n) − s/n|`` for every evaluation ``ŝ'`` of a sum of ``m`` leaves
+    (:func:`order_free_sum`) divided by the exact positive integer ``n``:
+
+        |RN(ŝ'/n) − s/n| ≤ |ŝ' − s|/n + |RN(ŝ'/n) − ŝ'/n| ≤ E/n + any_rounding(Z/n),
+
+    with ``(E, Z)`` of :func:`order_free_sum` (``|ŝ'/n| ≤ Z/n``; :func:`any_rounding`, since the
+    runtime quotient's rounding term need not bound another evaluation's). ``n = 1``: the
+    division is exact, ``E``. ``inf`` where ``E`` is (``|ŝ'/n| ≤ Z ≤ max_finite`` otherwise).
+    """
+    E, Z = order_free_sum(fmt, abs_sum, m, eps_sum, products=products)
+    if n == 1:
+        return E
+    return add_up(div_up(E, float(n)), any_rounding(fmt, div_up(Z, float(n))))
+
+
 # -- max_pool ------------------------------------------------------------------------------------
 def _neg_fill(a: np.ndarray):
     """A padding value below every entry (``−∞``; for exact rationals, ``min − 1``)."""
@@ -490,11 +552,13 @@ def _zero_fill(x: np.ndarray):
 
 
 def avg_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0,
-                     order: str = "sequential"):
+                     order: str = "sequential", order_free: bool = False):
     """``y_w = RN(ŝ_w / n)``, ``ŝ_w`` the rounded sum of the zero-padded window in ``order``
-    (default sequential, row-major kernel order), ``n = Πk``."""
+    (default sequential, row-major kernel order), ``n = Πk``. ``order_free`` only selects the
+    bound (validated here)."""
     x = _check_input(fmt, x)
     check_order(order)
+    _check_bool("order_free", order_free)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     xw = windows(x, k, s, p, out, _zero_fill(x))
     total, _ = sequential_sum(fmt, xw, None, order=order, axis=-1)
@@ -502,7 +566,7 @@ def avg_pool_runtime(fmt: Format, x, *, kernel_size, stride=None, padding=0,
 
 
 def avg_pool_spec(x: Interval, *, kernel_size, stride=None, padding=0,
-                  order: str = "sequential") -> Interval:
+                  order: str = "sequential", order_free: bool = False) -> Interval:
     """Exact window means ``Σ x / n`` (increasing in every input: ``[mean lo, mean hi]``)."""
     check_order(order)
     k, s, p, out = pool_geometry(x.shape, kernel_size, stride, padding)
@@ -515,28 +579,39 @@ def avg_pool_spec(x: Interval, *, kernel_size, stride=None, padding=0,
 
 
 def avg_pool_bound(fmt: Format, xs, eps, *, kernel_size, stride=None, padding=0,
-                   order: str = "sequential"):
+                   order: str = "sequential", order_free: bool = False):
     """``e_s/n + r``: the replay bound ``e_s = Σ ε + Σ r_k`` of the window sum
     (:func:`~nfbound.ops.accumulate.accumulate`; padding terms are exact zeros), then the
-    exact-divisor division rule (:func:`divide_by_count_error`)."""
+    exact-divisor division rule (:func:`divide_by_count_error`).
+
+    ``order_free``: the window sum in any order (``n`` leaves, the padding zeros among them —
+    a library that skips them sums fewer leaves, and the bound is increasing in ``m``), then
+    the division: :func:`order_free_mean_bound` with ``Σ|x̂|`` and ``Σ ε`` of the window."""
     (x,), (ex,) = xs, eps
     x = _check_input(fmt, x)
     check_order(order)
+    order_free = _check_bool("order_free", order_free)
     e = checks.eps_like("eps", ex, x)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
+    n = int(np.prod(k))
     xw = windows(x, k, s, p, out, _zero_fill(x))
     ew = windows(np.asarray(e, dtype=np.float64), k, s, p, out, 0.0)
-    total, es = sequential_sum(fmt, xw, ew, order=order, axis=-1)
-    return divide_by_count_error(fmt, total, es, int(np.prod(k)))[1]
+    if not order_free:
+        total, es = sequential_sum(fmt, xw, ew, order=order, axis=-1)
+        return divide_by_count_error(fmt, total, es, n)[1]
+    y = divide_by_count(fmt, sequential_sum(fmt, xw, None, order=order, axis=-1)[0], n)
+    b = order_free_mean_bound(fmt, sum_up(abs_up(xw), axis=-1), n, sum_up(ew, axis=-1), n)
+    return guard_nonfinite(fmt, y, b)
 
 
 def avg_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, padding=0,
-                         order: str = "sequential"):
+                         order: str = "sequential", order_free: bool = False):
     """``q_w = RN(g_w / n)`` spread over window ``w``, accumulated (rounded, row-major window
     order) where windows overlap; padding positions dropped."""
     (x,) = xs
     x = _check_input(fmt, x)
     check_order(order)
+    _check_bool("order_free", order_free)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     g = _check_g(fmt, g, _out_shape(x.shape, out))
     n = int(np.prod(k))
@@ -546,7 +621,7 @@ def avg_pool_vjp_runtime(fmt: Format, xs, g, *, kernel_size, stride=None, paddin
 
 
 def avg_pool_vjp_spec(xs, g: Interval, *, kernel_size, stride=None, padding=0,
-                      order: str = "sequential"):
+                      order: str = "sequential", order_free: bool = False):
     (x,) = xs
     check_order(order)
     k, s, p, out = pool_geometry(x.shape, kernel_size, stride, padding)
@@ -561,13 +636,18 @@ def avg_pool_vjp_spec(xs, g: Interval, *, kernel_size, stride=None, padding=0,
 
 
 def avg_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=None, padding=0,
-                       order: str = "sequential"):
+                       order: str = "sequential", order_free: bool = False):
     """Each window's term ``q̂_w = RN(ĝ_w/n)`` errs by ``δ_w = ε_g/n + r`` (exact-divisor
     division rule); the input gradient is the rounded sum of the ``q̂`` of the windows covering
-    the position: replay ``Σ δ + Σ r_k``."""
+    the position: replay ``Σ δ + Σ r_k``.
+
+    ``order_free``: that sum in any order. The ``q̂_w`` do not depend on any order, so at a
+    position covered by ``c`` windows the bound is :func:`order_free_sum` of ``c`` leaves with
+    ``Σ|q̂_w|`` and ``Σ δ_w`` — ``Σ δ_w`` itself where ``c ≤ 1`` (no addition)."""
     (x,) = xs
     x = _check_input(fmt, x)
     check_order(order)
+    order_free = _check_bool("order_free", order_free)
     k, s, p, out = pool_geometry(np.shape(x), kernel_size, stride, padding)
     g = _check_g(fmt, g, _out_shape(x.shape, out))
     eg = checks.eps_like("eps_g", eps_g, g)
@@ -575,9 +655,36 @@ def avg_pool_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, kernel_size, stride=No
     q, dq = divide_by_count_error(fmt, g, eg, n)
     contrib = np.repeat(q[..., None], n, axis=-1)
     delta = np.repeat(np.asarray(dq, dtype=np.float64)[..., None], n, axis=-1)
-    return (scatter_windows(fmt, contrib, x.shape, k, s, p, out, eps=delta)[1],)
+    grad, bound = scatter_windows(fmt, contrib, x.shape, k, s, p, out, eps=delta)
+    if not order_free:
+        return (bound,)
+    geometry = (x.shape, k, s, p, out)
+    count = scatter_windows(None, np.ones(contrib.shape), *geometry)     # exact small integers
+    abs_sum = _scatter_up(np.repeat(abs_up(q)[..., None], n, axis=-1), *geometry)
+    eps_sum = _scatter_up(delta, *geometry)
+    free = np.empty(count.shape)
+    for c in np.unique(count):
+        at = count == c
+        free[at] = order_free_sum(fmt, abs_sum[at], int(c), eps_sum[at])[0]
+    return (guard_nonfinite(fmt, grad, free),)
+
+
+def _scatter_up(contrib: np.ndarray, in_shape, k, s, p, out) -> np.ndarray:
+    """:func:`scatter_windows` of nonnegative float64 ``contrib`` with every addition rounded
+    upward (``add_up``): an upper bound of the exact sum at every input position."""
+    padded = in_shape[:2] + tuple(n + 2 * pi for n, pi in zip(in_shape[2:], p))
+    acc = np.zeros(padded)
+    for idx, off in enumerate(_offsets(k)):
+        sl = _slices(off, s, out)
+        acc[sl] = add_up(acc[sl], contrib[..., idx])
+    return acc[(Ellipsis,) + tuple(slice(pi, pi + n) for pi, n in zip(p, in_shape[2:]))].copy()
+
+
+def _sample_avg_pool(rng, fmt: Format):
+    xs, params = _sample_pool(rng, fmt, coarse=False)
+    return xs, {**params, "order": _sample_order(rng), "order_free": bool(rng.random() < 0.25)}
 
 
 avg_pool = register(Primitive("avg_pool", avg_pool_runtime, avg_pool_spec, avg_pool_bound,
                               avg_pool_vjp_runtime, avg_pool_vjp_spec, avg_pool_vjp_bound,
-                              lambda rng, fmt: _sample_pool(rng, fmt, coarse=False)))
+                              _sample_avg_pool))

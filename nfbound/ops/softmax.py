@@ -19,6 +19,16 @@ shift costs no error term at all.
 rounding is monotone, so each partial sum dominates its operands. Hence
 ``0 ≤ ê_i ≤ ŝ`` and ``ŷ_i ∈ [0, 1]``, like the spec.
 
+Any order. Every rule takes ``order_free`` (what an ``order=any`` arithmetic passes): the
+bounds then hold for *every* evaluation of the sums — ``ŝ`` (any tree, blocking, wider
+accumulator) and the VJP's ``⟨ĝ, ŷ⟩`` (products rounded or fused into the additions) — not
+only for the runtime's ``order``. The steps after a sum see another evaluation's value, so
+they are bounded for every value the sum may take (:func:`stable_exp_sum_error`,
+:func:`_softmax_composed`, :func:`_softmax_vjp_free`; ``pool.order_free_sum``,
+``pool.any_rounding``). The exponentials are correctly rounded in this model; PyTorch's
+binary32 ``exp`` (SLEEF, 1-ulp) is not, and multiplies by ``1/ŝ`` instead of dividing
+(``tests/test_order_free_reductions.py`` measures its outputs against the bounds).
+
 Inputs. The runtime, bound and VJP rules take runtime values: ``x`` and the upstream gradient
 ``g`` (of ``x``'s shape, the output's) must be finite values of the format
 (``checks.format_value``; a ``ValueError`` names the argument otherwise). The ``*_last``
@@ -33,19 +43,22 @@ for every enclosure (huge logits included, see :func:`softmax_last_spec`).
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 from gmpy2 import mpq
 
 from ..bounds.rounding import guard_nonfinite, rounding_term
-from ..bounds.upward import add_up, div_up, exact_array_up, exp_up, mul_up, sum_up, up
+from ..bounds.upward import abs_up, add_up, div_up, exact_array_up, exp_up, mul_up, sum_up, up
 from ..formats import Format
 from . import checks
-from .accumulate import check_order
-from .elementwise import _zero, div_error, mul_error
+from .accumulate import check_order, overflow_guard
+from .elementwise import _abs_down, _sub_down, _zero, div_error, mul_error
 from .interval import Interval
-from .pool import sequential_sum
+from .linalg import _sample_order
+from .pool import any_rounding, order_free_sum, sequential_sum
 from .primitive import Primitive, register
+from .reduce import _check_bool
 from .transcendental import exp_error, exp_spec, rounded
 
 #: Spec exponents below this are enclosed by ``[0, e^L]`` (``exp`` is increasing): the rationals
@@ -168,13 +181,38 @@ def stable_exp_sum(fmt: Format, x, order: str = "sequential"):
     return m, d, e, s
 
 
-def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential"):
+class ExpSum(NamedTuple):
+    """The stable steps of :func:`stable_exp_sum_error` with their bounds (last axis)."""
+
+    m: np.ndarray        #: ``m̂``, the runtime row maximum (keepdims)
+    d: np.ndarray        #: ``d̂_i = RN(x̂_i − m̂)``
+    delta: np.ndarray    #: ``δ_i ≥ |d̂_i − (x_i − m̂)|``
+    e: np.ndarray        #: ``ê_i = RN(exp d̂_i)``
+    eta: np.ndarray      #: ``η_i ≥ |ê_i − e^(x_i − m̂)|``
+    s: np.ndarray        #: ``ŝ``, the runtime sum of the ``ê`` (in ``order``)
+    sigma: np.ndarray    #: ``σ ≥ |ŝ' − Σ e^(x_j − m̂)|`` for every evaluation ``ŝ'`` covered
+    spread: np.ndarray   #: ``≥ |ŝ' − ŝ|`` for every evaluation ``ŝ'`` covered
+
+
+def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential",
+                         order_free: bool = False) -> ExpSum:
     """Runtime ``(m̂, d̂, ê, ŝ)`` with bounds against the spec shifted by ``m̂``:
 
     * ``|d̂_i − (x_i − m̂)| ≤ δ_i = ε_i + r_i`` (``r_i`` the rounding term of ``RN(x̂_i − m̂)``,
       0 when ``x̂_i = m̂`` or an operand is 0) — no error for ``m̂``: it is the chosen shift;
     * ``|ê_i − e^(x_i − m̂)| ≤ η_i`` (``exp_bound``: ``e^d̂(e^δ − 1) + r``);
-    * ``|ŝ − Σ e^(x_j − m̂)| ≤ σ`` (replay of the rounded sum).
+    * ``|ŝ − Σ e^(x_j − m̂)| ≤ σ``: the replay of the rounded sum in ``order`` (``spread = 0``:
+      that evaluation only), or with ``order_free`` the bound of *every* evaluation ``ŝ'`` of
+      the sum (``pool.order_free_sum`` of the ``ê``, which no order changes, plus ``Σ η``) and
+      ``spread = 2ρ ≥ |ŝ' − ŝ|`` (``ρ`` that bound with the ``ê`` as their own spec — a
+      subnormal ``ê_j`` that an addition reads as 0 under DAZ, and a wider accumulator does
+      not, erring by ``ê_j``; the runtime ``ŝ`` is one evaluation).
+
+    Every evaluation has ``ŝ' ≥ 1`` and ``ŝ' ≥ ê_i``: on the path from a leaf ``v ≥ b_min`` to
+    the root every node is a monotone rounding of a sum of nonnegative operands one of which is
+    ``≥ v``, hence ``≥ RN(v) = v`` (so normal: read as itself, never flushed; a final conversion
+    from a wider accumulator is monotone and fixes ``v`` as well). The leaf at the maximum is
+    ``RN(e^0) = 1``, and a subnormal leaf is below 1.
     """
     x = np.asarray(x)
     m = np.max(x, axis=-1, keepdims=True)
@@ -183,8 +221,15 @@ def stable_exp_sum_error(fmt: Format, x, ex, order: str = "sequential"):
     exact = _zero(x) | _zero(mb) | (x == mb)
     delta = add_up(ex, rounding_term(fmt, d, exact))
     e, eta = exp_safe_error(fmt, d, delta)
-    s, sigma = sequential_sum(fmt, e, eta, order=order, axis=-1)
-    return m, d, delta, e, eta, s, sigma
+    if not order_free:
+        s, sigma = sequential_sum(fmt, e, eta, order=order, axis=-1)
+        return ExpSum(m, d, delta, e, eta, s, sigma, np.zeros(np.shape(s)))
+    s, _ = sequential_sum(fmt, e, None, order=order, axis=-1)
+    read_as_zero = abs_up(np.asarray(e) - np.asarray(fmt.daz(e)))
+    rho, _ = order_free_sum(fmt, sum_up(abs_up(e), axis=-1), x.shape[-1],
+                            sum_up(read_as_zero, axis=-1))
+    sigma = guard_nonfinite(fmt, s, add_up(rho, sum_up(eta, axis=-1)))
+    return ExpSum(m, d, delta, e, eta, s, sigma, mul_up(2.0, rho))
 
 
 def box_factors(x, ex) -> tuple[np.ndarray, np.ndarray]:
@@ -233,37 +278,47 @@ def softmax_last(fmt: Format, x, order: str = "sequential"):
     return fmt.div(e, np.broadcast_to(s[..., None], e.shape))
 
 
-def softmax_last_error(fmt: Format, x, ex, order: str = "sequential"):
-    """``(ŷ, ε)`` along the last axis with ``ε = min(A, B, max(ŷ, 1 − ŷ))`` (``inf`` where ``ŷ``
+def softmax_last_error(fmt: Format, x, ex, order: str = "sequential", order_free: bool = False):
+    """``(ŷ, ε)`` along the last axis with ``ε = min(A, B, R)`` (``inf`` where ``ŷ``
     overflowed: ``bounds.rounding.guard_nonfinite``). All three are sound:
 
     **A (composition of the step rules).** With ``δ, η, σ`` of :func:`stable_exp_sum_error`,
     the division rule ``|ê/ŝ − e/s| ≤ (η + |ê/ŝ|·σ)/s`` (from
     ``ê/ŝ − e/s = (ê − e)/s + (ê/ŝ)(s − ŝ)/s``) with ``s ≥ max(ŝ − σ, e^(−ε_t))`` — the spec sum
     contains ``e^(x_t − m̂) ≥ e^(−ε_t)`` for the runtime argmax ``t`` — plus ``r`` of
-    ``RN(ê/ŝ)`` (``elementwise.div_error`` with that floor).
+    ``RN(ê/ŝ)`` (``elementwise.div_error`` with that floor). ``order_free``
+    (:func:`_softmax_composed`): the same for every evaluation ``ŝ'`` of the sum.
 
     **B (Lipschitz + own rounding).** ``|ŷ_i − y_i| ≤ |softmax(x̂)_i − softmax(x)_i| +
-    |ŷ_i − softmax(x̂)_i|``; the second term is A with ``ε = 0``. For the first, on the segment
-    ``z(t) = x + t(x̂ − x)`` (inside the box ``B`` of :func:`box_factors`, which holds both ends
-    and is convex), with ``v = x̂ − x``, ``|v_j| ≤ ε_j``:
+    |ŷ_i − softmax(x̂)_i|``; the second term is A with ``ε = 0`` (``A0``). For the first, on the
+    segment ``z(t) = x + t(x̂ − x)`` (inside the box ``B`` of :func:`box_factors`, which holds
+    both ends and is convex), with ``v = x̂ − x``, ``|v_j| ≤ ε_j``:
     ``d y_i/dt = y_i (v_i − Σ_j y_j v_j) = y_i Σ_{j≠i} y_j (v_i − v_j)`` (as ``Σ_j y_j = 1``), so
     ``|d y_i/dt| ≤ y_i (1 − y_i)(ε_i + ε*_i)``, ``ε*_i = max_{j≠i} ε_j``. Over ``B``,
     ``y_i(1 − y_i) ≤ κ_i = min(1/4, H_i, Λ_i)`` (``y(1−y) ≤ min(y, 1 − y, 1/4)``), giving
     ``|softmax(x̂)_i − softmax(x)_i| ≤ κ_i (ε_i + ε*_i) ≤ (ε_i + ε*_i)/4`` — the ∞→∞ norm of
-    the Jacobian row, ``2y_i(1 − y_i) ≤ 1/2``, times ``max ε``, refined.
+    the Jacobian row, ``2y_i(1 − y_i) ≤ 1/2``, times ``max ε``, refined. No rounding enters
+    the first term, so B holds for every evaluation when ``A0`` does.
 
-    **Range.** ``ŷ_i, y_i ∈ [0, 1]`` (module docstring), so ``|ŷ_i − y_i| ≤ max(ŷ_i, 1 − ŷ_i)``.
+    **R (range).** ``ŷ_i, y_i ∈ [0, 1]`` (module docstring), so ``|ŷ_i − y_i| ≤
+    max(ŷ_i, 1 − ŷ_i)``. ``order_free``: another evaluation's ``ŷ'_i = RN(ê_i/ŝ')`` lies in
+    ``[0, 1]`` too (``0 ≤ ê_i ≤ ŝ'``, :func:`stable_exp_sum_error`; 0 and 1 are format values)
+    and within ``2·A0`` of ``ŷ_i`` (both within ``A0`` of ``softmax(x̂)``), so
+    ``|ŷ'_i − y_i| ≤ min(1, max(ŷ_i, 1 − ŷ_i) + 2·A0)``.
     """
     x = np.asarray(x)
     ex = np.asarray(ex, dtype=np.float64)
-    y, A = _softmax_composed(fmt, x, ex, order)
-    _, A0 = _softmax_composed(fmt, x, np.zeros(x.shape), order) if np.any(ex) else (y, A)
+    y, A = _softmax_composed(fmt, x, ex, order, order_free)
+    _, A0 = _softmax_composed(fmt, x, np.zeros(x.shape), order, order_free) if np.any(ex) \
+        else (y, A)
     H, Lam = box_factors(x, ex)
     kappa = np.fmin(0.25, np.fmin(H, Lam))
     L = mul_up(kappa, add_up(ex, _excluded_max(ex)))
     B = add_up(L, A0)
-    return y, guard_nonfinite(fmt, y, np.fmin(np.fmin(A, B), _range_cap(y, _finite(y))))
+    R = _range_cap(y, _finite(y))
+    if order_free:
+        R = np.fmin(1.0, add_up(R, mul_up(2.0, A0)))
+    return y, guard_nonfinite(fmt, y, np.fmin(np.fmin(A, B), R))
 
 
 def _range_cap(y, ok) -> np.ndarray:
@@ -283,16 +338,32 @@ def _range_cap(y, ok) -> np.ndarray:
     return np.where(ok, np.fmax(yf, one_minus), np.inf)
 
 
-def _softmax_composed(fmt: Format, x, ex, order):
-    """Bound A of :func:`softmax_last_error`."""
-    m, d, delta, e, eta, s, sigma = stable_exp_sum_error(fmt, x, ex, order)
+def _softmax_composed(fmt: Format, x, ex, order: str, order_free: bool = False):
+    """Bound A of :func:`softmax_last_error`.
+
+    ``order_free``: a library's ``ŷ'_i = RN(ê_i/ŝ')`` for any evaluation ``ŝ'`` of the sum. As
+    for the runtime, ``|ê_i/ŝ' − e_i/s| ≤ (η_i + (ê_i/ŝ')·σ)/s`` with ``σ`` the order-free bound
+    of :func:`stable_exp_sum_error` and ``s ≥ D = max(ŝ − σ, e^(−ε_t))`` (the runtime ``ŝ`` is
+    one evaluation); ``ê_i/ŝ' ≤ q_i = min(1, ê_i / max(1, ŝ − spread))`` (``ŝ' ≥ 1``,
+    ``ŝ' ≥ ŝ − spread``, ``ê_i ≤ ŝ'``); and the division's rounding is bounded for every
+    quotient ``≤ q_i`` by ``pool.any_rounding(q_i)`` — the runtime's rounding term, computed from
+    its own quotient, need not bound another's. ``inf`` where ``q_i`` exceeds the largest finite
+    value (``overflow_guard``)."""
+    S = stable_exp_sum_error(fmt, x, ex, order, order_free)
     t = np.asarray(np.argmax(x, axis=-1))[..., None]
     e_top = np.take_along_axis(np.broadcast_to(ex, x.shape), t, axis=-1)
     floor = np.broadcast_to(_exp_down(-e_top), x.shape)
-    sb = np.broadcast_to(s[..., None], x.shape)
-    sig = np.broadcast_to(sigma[..., None], x.shape)
-    y, A = div_error(fmt, e, eta, sb, sig, floor=floor)
-    return np.asarray(y), A
+    sb = np.broadcast_to(S.s[..., None], x.shape)
+    sig = np.broadcast_to(S.sigma[..., None], x.shape)
+    if not order_free:
+        y, A = div_error(fmt, S.e, S.eta, sb, sig, floor=floor)
+        return np.asarray(y), A
+    y = np.asarray(fmt.div(S.e, sb))
+    s_lo = _abs_down(sb)
+    den = np.maximum(_sub_down(s_lo, sig), floor)
+    q = np.fmin(1.0, div_up(abs_up(S.e), np.maximum(_sub_down(s_lo, S.spread[..., None]), 1.0)))
+    A = add_up(div_up(add_up(S.eta, mul_up(q, sig)), den), any_rounding(fmt, q))
+    return y, guard_nonfinite(fmt, y, overflow_guard(fmt, q, A))
 
 
 # =============================================================================================
@@ -356,15 +427,19 @@ def _from_last(a, ax: int):
     return np.moveaxis(np.asarray(a), -1, ax)
 
 
-def softmax_runtime(fmt: Format, x, *, dim: int = -1, order: str = "sequential"):
-    """``ŷ_i = RN(ê_i/ŝ)`` along ``dim`` (module docstring for the steps)."""
+def softmax_runtime(fmt: Format, x, *, dim: int = -1, order: str = "sequential",
+                    order_free: bool = False):
+    """``ŷ_i = RN(ê_i/ŝ)`` along ``dim`` (module docstring for the steps). ``order_free`` only
+    selects the bound (validated here)."""
     x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
+    _check_bool("order_free", order_free)
     return _from_last(softmax_last(fmt, _to_last(x, ax), order), ax)
 
 
-def softmax_spec(x: Interval, *, dim: int = -1, order: str = "sequential") -> Interval:
+def softmax_spec(x: Interval, *, dim: int = -1, order: str = "sequential",
+                 order_free: bool = False) -> Interval:
     """``exp(x_i)/Σ_j exp(x_j)`` enclosed (:func:`softmax_last_spec`)."""
     ax = _axis(x.lo, dim)
     check_order(order)
@@ -372,18 +447,22 @@ def softmax_spec(x: Interval, *, dim: int = -1, order: str = "sequential") -> In
     return Interval(_from_last(y.lo, ax), _from_last(y.hi, ax))
 
 
-def softmax_bound(fmt: Format, xs, eps, *, dim: int = -1, order: str = "sequential"):
-    """``min(A, B, max(ŷ, 1 − ŷ))`` of :func:`softmax_last_error`."""
+def softmax_bound(fmt: Format, xs, eps, *, dim: int = -1, order: str = "sequential",
+                  order_free: bool = False):
+    """``min(A, B, R)`` of :func:`softmax_last_error` (for every evaluation order of the sum
+    with ``order_free``)."""
     (x,), (ex,) = xs, eps
     x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
+    order_free = _check_bool("order_free", order_free)
     e = checks.eps_like("eps", ex, x)
-    _, b = softmax_last_error(fmt, _to_last(x, ax), _to_last(e, ax), order)
+    _, b = softmax_last_error(fmt, _to_last(x, ax), _to_last(e, ax), order, order_free)
     return np.asarray(_from_last(b, ax), dtype=np.float64)
 
 
-def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequential"):
+def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequential",
+                        order_free: bool = False):
     """``∂/∂x = y ⊙ (g − ⟨g, y⟩)`` along ``dim`` (torch's ``_softmax_backward_data``), with
     ``ŷ`` the runtime softmax and the rounded steps
 
@@ -394,6 +473,7 @@ def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequ
     x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
+    _check_bool("order_free", order_free)
     checks.same_shape(("g", "x"), g, x)
     g = checks.format_value("g", g, fmt)
     xl, gl = _to_last(x, ax), _to_last(g, ax)
@@ -404,7 +484,8 @@ def softmax_vjp_runtime(fmt: Format, xs, g, *, dim: int = -1, order: str = "sequ
     return (_from_last(fmt.mul(y, w), ax),)
 
 
-def softmax_vjp_spec(xs, g: Interval, *, dim: int = -1, order: str = "sequential"):
+def softmax_vjp_spec(xs, g: Interval, *, dim: int = -1, order: str = "sequential",
+                     order_free: bool = False):
     """``y ⊙ (g − ⟨g, y⟩)`` in interval arithmetic (an enclosure; ``y`` enters twice)."""
     (x,) = xs
     ax = _axis(x.lo, dim)
@@ -415,20 +496,28 @@ def softmax_vjp_spec(xs, g: Interval, *, dim: int = -1, order: str = "sequential
     return (y * (g - tot),)
 
 
-def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: str = "sequential"):
+def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1,
+                      order: str = "sequential", order_free: bool = False):
     """The step rules along the runtime order of :func:`softmax_vjp_runtime`, with ``ε_y`` the
     forward bound: product rule for ``p̂``, replay of the rounded sum for ``ĉ``,
-    ``ε_g + ε_c + r`` for ``ŵ``, product rule for the output."""
+    ``ε_g + ε_c + r`` for ``ŵ``, product rule for the output.
+
+    ``order_free`` (every evaluation order of both sums — the forward one inside ``ŷ``, and
+    ``⟨ĝ, ŷ⟩``, each product rounded or fused into an addition): :func:`_softmax_vjp_free`."""
     (x,), (ex,) = xs, eps
     x = checks.format_value("x", x, fmt)
     ax = _axis(x, dim)
     check_order(order)
+    order_free = _check_bool("order_free", order_free)
     checks.same_shape(("g", "x"), g, x)
     g = checks.format_value("g", g, fmt)
     e = checks.eps_like("eps", ex, x)
     eg = checks.eps_like("eps_g", eps_g, g)
     xl, gl, el, egl = (_to_last(a, ax) for a in (x, g, e, eg))
-    y, ey = softmax_last_error(fmt, xl, el, order)
+    y, ey = softmax_last_error(fmt, xl, el, order, order_free)
+    if order_free:
+        return (np.asarray(_from_last(_softmax_vjp_free(fmt, y, ey, gl, egl, order), ax),
+                           dtype=np.float64),)
     p, ep = mul_error(fmt, gl, egl, y, ey)
     c, ec = sequential_sum(fmt, p, ep, order=order, axis=-1)
     cb = np.broadcast_to(np.asarray(c)[..., None], gl.shape)
@@ -439,11 +528,55 @@ def softmax_vjp_bound(fmt: Format, xs, eps, g, eps_g, *, dim: int = -1, order: s
     return (np.asarray(_from_last(eo, ax), dtype=np.float64),)
 
 
+def _softmax_vjp_free(fmt: Format, y, ey, g, eg, order: str) -> np.ndarray:
+    """The VJP bound (last axis) for every evaluation: a library's softmax ``ŷ'`` (any order;
+    ``|ŷ' − y| ≤ ε_y``, the order-free forward bound, and ``ŷ' ∈ [0, 1]``), then
+    ``ĉ' = ⟨ĝ, ŷ'⟩`` in any order with products rounded or fused, ``ŵ' = RN(ĝ − ĉ')``,
+    ``RN(ŷ' ŵ')``. The runtime values (``order``) are one such evaluation.
+
+    * ``ĉ'``: ``pool.order_free_sum`` over the exact products ``ĝ_j ŷ'_j`` (``products``) with
+      ``Σ|ĝ_j ŷ'_j| ≤ Σ |ĝ_j|·min(1, ŷ_j + 2ε_y)`` and ``|Σ ĝ_j ŷ'_j − Σ g_j y_j| ≤
+      Σ |ĝ_j|ε_y + min(1, ŷ_j + ε_y)·ε_g`` (``ĝŷ' − gy = ĝ(ŷ' − y) + y(ĝ − g)``): ``(ε_c, Z)``;
+    * ``ŵ'``: ``ε_w = ε_g + ε_c + any_rounding(|ĝ| + Z)`` (``|ĉ'| ≤ Z``);
+    * the output: :func:`mul_any` of ``ŷ'`` (magnitude ``≤ 1``) and ``ŵ'``.
+
+    ``inf`` where an operand of some rounding could exceed the largest finite value."""
+    ga = abs_up(g)
+    y_spec = np.fmin(1.0, add_up(abs_up(y), ey))
+    y_any = np.fmin(1.0, add_up(abs_up(y), mul_up(2.0, ey)))
+    ec, Z = order_free_sum(fmt, sum_up(mul_up(ga, y_any), axis=-1), g.shape[-1],
+                           sum_up(add_up(mul_up(ga, ey), mul_up(y_spec, eg)), axis=-1),
+                           products=True)
+    Mw = add_up(ga, Z[..., None])
+    ew = overflow_guard(fmt, Mw, add_up(eg, ec[..., None], any_rounding(fmt, Mw)))
+    c, _ = sequential_sum(fmt, fmt.mul(g, y), None, order=order, axis=-1)
+    w = fmt.sub(g, np.broadcast_to(np.asarray(c)[..., None], g.shape))
+    return guard_nonfinite(fmt, fmt.mul(y, w), mul_any(fmt, y, ey, w, ew, a_cap=1.0))
+
+
+def mul_any(fmt: Format, a, ea, b, eb, a_cap: float = np.inf) -> np.ndarray:
+    """Bound of ``|RN(a'b') − ab|`` for *every* ``a'``, ``b'`` within ``ε_a``, ``ε_b`` of the
+    spec ``a``, ``b`` whose runtime values ``â``, ``b̂`` are such values too (values computed in
+    an order the bound must not depend on): ``|a'| ≤ A' = min(a_cap, |â| + 2ε_a)`` (``a_cap``
+    bounds ``|a'|`` and ``|a|`` when known, e.g. 1 for a softmax), ``|b| ≤ |b̂| + ε_b``,
+    ``|b'| ≤ |b̂| + 2ε_b``, and ``a'b' − ab = a'(b' − b) + b(a' − a)``:
+
+        A'·ε_b + (|b̂| + ε_b)·ε_a + any_rounding(A'·(|b̂| + 2ε_b)),
+
+    ``inf`` where that magnitude exceeds the largest finite value (``overflow_guard``)."""
+    A1 = np.fmin(a_cap, add_up(abs_up(a), mul_up(2.0, ea)))
+    bb = abs_up(b)
+    M = mul_up(A1, add_up(bb, mul_up(2.0, eb)))
+    return overflow_guard(fmt, M, add_up(mul_up(A1, eb), mul_up(add_up(bb, eb), ea),
+                                         any_rounding(fmt, M)))
+
+
 def _sample_softmax(rng, fmt: Format):
     shape = tuple(int(v) for v in rng.integers(1, 5, size=rng.integers(1, 4)))
     x = rng.standard_normal(shape) * 3
     dim = int(rng.integers(-len(shape), len(shape)))
-    return (fmt.round(x),), {"dim": dim}
+    return (fmt.round(x),), {"dim": dim, "order": _sample_order(rng),
+                             "order_free": bool(rng.random() < 0.25)}
 
 
 softmax = register(Primitive("softmax", softmax_runtime, softmax_spec, softmax_bound,
