@@ -359,9 +359,12 @@ def _torch_output(args, A, reg: str, xs, params: dict, grad: str | None, argname
         raise UsageError(f"verify: --against torch: {args.op} has no PyTorch op; these do: "
                          f"{', '.join(torch_ops.OPS)}")
     dtype = torch_ops.torch_dtype(A.storage)
-    if grad is None:
-        return torch_ops.run(reg, xs, params, dtype)
-    return torch_ops.run_vjp(reg, xs, params, g, dtype)[argnames.index(grad)]
+    try:
+        if grad is None:
+            return torch_ops.run(reg, xs, params, dtype)
+        return torch_ops.run_vjp(reg, xs, params, g, dtype)[argnames.index(grad)]
+    except (RuntimeError, NotImplementedError) as e:   # PyTorch's own refusal, e.g. no kernel
+        raise UsageError(f"verify: PyTorch cannot run {reg} in {dtype}: {e}") from None
 
 
 def _violation(spec, runtime, bound) -> dict | None:

@@ -509,3 +509,10 @@ def test_verify_against_torch_violation_exits_1(capsys, monkeypatch):
     v = out["violation"]
     assert out["holds"] is False and v["position"] == [1, 2] and v["count"] == 1
     assert v["distance"] > v["bound"] and 0.2 < v["distance"] < 0.3
+
+    def refused(name, xs, params, dtype):
+        raise NotImplementedError(f'"{name}_kernel" not implemented for \'BFloat16\'')
+    monkeypatch.setattr(torch_ops, "run", refused)     # PyTorch without a kernel: a usage error
+    one_line_error(run_in_process(capsys, "verify", "--op", "matmul", "--arith",
+                                  "torch-cpu-bfloat16", "--against", "torch"),
+                   "PyTorch cannot run matmul in torch.bfloat16", "not implemented")
