@@ -310,3 +310,27 @@ def test_convert_is_the_identity_into_a_wider_storage():
     w = convert(v, b32, formats.get("binary16"))
     assert np.array_equal(w.runtime, [1.5, 0.0]) and w.spec is v.spec
     assert w.eps[0] == 0 and w.eps[1] >= 2.0 ** -130 + 1e-45
+
+
+@pytest.mark.parametrize("name", ["binary16", "torch-cpu-float16", "fp8-e4m3", "fp8-e5m2",
+                                  "torch-cpu-bfloat16"])
+def test_overflowed_gradient_contributions_accumulate_to_inf(name):
+    """``x`` feeds two products; one gradient contribution overflows the storage: the sum of
+    the contributions is non-finite with an infinite bound and the report says why (the
+    arithmetic's ``add`` rule refuses non-finite operands: it raised ``y contains NaN or
+    inf``)."""
+    A = arith.get(name)
+    big = float(A.storage.max_finite) * 0.75
+    g = Graph()
+    g.input("x")
+    g.param("wb", np.array([big]))
+    g.param("w", np.array([1.0]))
+    g.param("c", np.array([4.0]))
+    s = g.op("add", g.op("mul", "x", "wb", name="y1"), g.op("mul", "x", "w", name="y2"), name="s")
+    g.output(g.op("sum", g.op("mul", s, "c", name="l2"), name="loss"))
+    fmt = A.storage if A.is_nf else A
+    res = g.forward(fmt, {"x": np.array([2.0 ** -10])})
+    back = g.backward(fmt, res, loss="loss")
+    assert not np.all(np.isfinite(back.runtime["x"])) and np.isinf(back.eps["x"]).all()
+    row = next(r for r in back.report() if r["node"] == "x")
+    assert "overflowed" in row["reason"] and row["holds"] is not False

@@ -43,6 +43,7 @@ from ..formats import Format
 from ..ops.interval import Interval
 from ..ops import checks
 from .arith import NodeArithmetics, parse
+from .report import nonfinite
 from .forward import (ForwardResult, Graph, Value, _disable, convert, leaf_value, op_params,
                       primitive, refuse_overflowed)
 
@@ -51,15 +52,19 @@ def _accumulate(fmt: "Format | Arithmetic", old: Value, new: Value, spec: bool,
                 bounds: bool) -> Value:
     """Context addition of two gradient contributions of the same value: in a format,
     ``RN(â + b̂)`` with :func:`~nfbound.bounds.ctx.ctx_add_bound`; in an arithmetic, its
-    ``add`` op and that primitive's bound (module docstring)."""
+    ``add`` op and that primitive's bound (module docstring), ``inf`` when a contribution
+    overflowed (the ``add`` rules refuse non-finite operands)."""
     s_sp = old.spec + new.spec if spec else None
     if isinstance(fmt, Format):
         s_rt = fmt.add(old.runtime, new.runtime)
         s_ep = ctx_add_bound(fmt, old.runtime, old.eps, new.runtime, new.eps, out=s_rt) \
             if bounds else None
         return Value(s_rt, s_sp, s_ep)
-    add = primitive("add")
     xs = (old.runtime, new.runtime)
+    if nonfinite(old.runtime) or nonfinite(new.runtime):   # an overflowed contribution: as in a
+        s_rt = fmt.storage.add(*xs)                          # format, the sum overflows, bound inf
+        return Value(s_rt, s_sp, np.full(np.shape(s_rt), np.inf) if bounds else None)
+    add = primitive("add")
     if not bounds:
         return Value(add.runtime(fmt, *xs), s_sp, None)
     s_rt, s_ep = add.runtime_and_bound(fmt, xs, (old.eps, new.eps))
