@@ -516,3 +516,23 @@ def test_verify_against_torch_violation_exits_1(capsys, monkeypatch):
     one_line_error(run_in_process(capsys, "verify", "--op", "matmul", "--arith",
                                   "torch-cpu-bfloat16", "--against", "torch"),
                    "PyTorch cannot run matmul in torch.bfloat16", "not implemented")
+
+
+TORCH_SWEEP_OPS = ("conv", "conv_transpose", "matmul", "linear", "dot", "matvec", "sum", "mean",
+                   "max", "max_pool", "relu", "abs", "neg", "add", "sub", "mul", "div", "sqrt",
+                   "exp", "tanh", "sigmoid", "softplus", "flatten", "reshape", "conv_grad_input",
+                   "conv_grad_weight", "conv_grad_bias", "matmul_grad_input", "linear_grad_weight",
+                   "conv_transpose_grad_input", "relu_grad_input")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["torch-cpu-bfloat16", "torch-cpu-float16", "amp-bfloat16"])
+@pytest.mark.parametrize("op", TORCH_SWEEP_OPS)
+def test_verify_against_torch_sweep(capsys, op, preset):
+    """Ten random instances per op: PyTorch's own output stays within the preset's bound (the
+    ops and presets measured to hold; README "Arithmetics" lists those that do not yet)."""
+    pytest.importorskip("torch")
+    for seed in range(10):
+        p = run_in_process(capsys, "verify", "--op", op, "--arith", preset, "--against", "torch",
+                           "--seed", seed, "--quiet")
+        assert p.returncode == 0, (seed, p.stdout, p.stderr)
