@@ -210,7 +210,8 @@ def cmd_arith(args) -> int:
             print(json.dumps(_jsonable(detail), indent=2))
         else:
             for k, v in detail.items():
-                print(f"{k:<13} {'-' if v in (None, []) else (', '.join(v) if isinstance(v, list) else v)}")
+                shown = (", ".join(v) or "-") if isinstance(v, list) else ("-" if v is None else v)
+                print(f"{k:<13} {shown}")
         return EXIT_OK
     rows = [_arith_row(A) for A in arith.PRESETS.values()]
     if args.json:
@@ -480,8 +481,9 @@ def cmd_verify(args) -> int:
             print("params: " + ", ".join(f"{k}={v}" for k, v in params.items()))
         s = info["seconds"]
         print(f"time: runtime {s['runtime']:.3g} s, spec {s['spec']:.3g} s, bound {s['bound']:.3g} s")
-        print(f"max bound {_num(max_bound)}, max observed |{'torch' if args.against == 'torch' else 'runtime'}"
-              f" − spec| {_num(observed)}, ratio {_num(ratio)}")
+        what = "torch" if args.against == "torch" else "runtime"
+        print(f"max bound {_num(max_bound)}, max observed |{what} − spec| {_num(observed)}, "
+              f"ratio {_num(ratio)}")
         if args.save:
             print(f"saved {args.save}")
         print(verdict)

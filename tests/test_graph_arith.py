@@ -204,7 +204,8 @@ def test_map_with_gradients_and_training():
     assert run.holds
     b32 = run.params["4.weight"].runtime      # updated in binary32: not all bfloat16 values
     assert not np.all(np.asarray(formats.get("bfloat16").is_representable(b32)))
-    assert np.all(np.asarray(formats.get("bfloat16").is_representable(run.params["0.weight"].runtime)))
+    w0 = run.params["0.weight"].runtime
+    assert np.all(np.asarray(formats.get("bfloat16").is_representable(w0)))
 
 
 def test_arith_map_errors_name_the_entry():

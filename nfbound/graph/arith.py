@@ -17,10 +17,10 @@ to the rules as its :class:`~nfbound.formats.Format`, with the order as the ``or
 ``order``/``order_free`` parameters included. Every other arithmetic is given as itself: the
 order lives in the arithmetic, and a node parameter contradicting it is refused by the rules.
 
-Conversions (:func:`~nfbound.graph.forward.convert`). A value ``x̂`` of a node whose storage is ``S`` consumed by a
-node whose storage is ``S'`` is read as ``RN_S'(x̂)`` (PyTorch's ``.to(dtype)``; the same in
-reverse mode, where a gradient ``ĝ`` flowing back from the consumer becomes ``RN_S(ĝ)``).
-Theorem: if ``|x̂ − x| ≤ ε`` then
+Conversions (:func:`~nfbound.graph.forward.convert`). A value ``x̂`` of a node whose storage is
+``S`` consumed by a node whose storage is ``S'`` is read as ``RN_S'(x̂)`` (PyTorch's
+``.to(dtype)``; the same in reverse mode, where a gradient ``ĝ`` flowing back from the consumer
+becomes ``RN_S(ĝ)``). Theorem: if ``|x̂ − x| ≤ ε`` then
 
     |RN_S'(x̂) − x| ≤ |RN_S'(x̂) − x̂| + |x̂ − x| ≤ ε + |RN_S'(x̂) − x̂|,
 
