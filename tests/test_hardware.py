@@ -22,8 +22,9 @@ from nfbound import arith
 from nfbound.ops.interval import Interval
 
 torch = pytest.importorskip("torch")
+from nfbound.models import torch_ops  # noqa: E402  (after the torch check)
+
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
-F = torch.nn.functional
 
 DTYPES = {"bfloat16": (torch.bfloat16, "torch-cpu-bfloat16"),
           "float16": (torch.float16, "torch-cpu-float16"),
@@ -51,10 +52,10 @@ def _data(rng, shape, kind: str, A: arith.Arithmetic) -> np.ndarray:
     return np.asarray(S.round(x), dtype=np.float64)
 
 
-def _torch(x: np.ndarray, dtype) -> "torch.Tensor":
-    t = torch.tensor(x, dtype=torch.float64).to(dtype)
-    assert np.array_equal(t.to(torch.float64).numpy(), x), "storage values must convert exactly"
-    return t
+def _torch_run(op: str, xs, params: dict, dtype, mkldnn: bool) -> np.ndarray:
+    """PyTorch's output of ``op`` (:mod:`nfbound.models.torch_ops`) with oneDNN on or off."""
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        return torch_ops.run(op, xs, params, dtype)
 
 
 def _check(op: str, preset: str, xs, params: dict, observed: np.ndarray) -> None:
@@ -79,9 +80,7 @@ def _run_matmul(dtype_name, kind, mkldnn, m, n, k, seed=0):
     rng = np.random.default_rng(_seed("matmul", dtype_name, kind, mkldnn, m, n, k, seed))
     A = arith.get(preset)
     X, Y = _data(rng, (m, n), kind, A), _data(rng, (k, n), kind, A).T.copy()
-    with torch.backends.mkldnn.flags(enabled=mkldnn):
-        out = torch.matmul(_torch(X, dtype), _torch(Y, dtype)).to(torch.float64).numpy()
-    _check("matmul", preset, (X, Y), {}, out)
+    _check("matmul", preset, (X, Y), {}, _torch_run("matmul", (X, Y), {}, dtype, mkldnn))
 
 
 def _run_linear(dtype_name, kind, mkldnn, batch, n_in, n_out, seed=0):
@@ -90,12 +89,7 @@ def _run_linear(dtype_name, kind, mkldnn, batch, n_in, n_out, seed=0):
     A = arith.get(preset)
     x, W = _data(rng, (batch, n_in), kind, A), _data(rng, (n_out, n_in), kind, A)
     b = _data(rng, (n_out,), "normal", A)
-    with torch.backends.mkldnn.flags(enabled=mkldnn):
-        out = F.linear(_torch(x, dtype), _torch(W, dtype), _torch(b, dtype)).to(torch.float64).numpy()
-    _check("linear", preset, (x, W, b), {}, out)
-
-
-CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+    _check("linear", preset, (x, W, b), {}, _torch_run("linear", (x, W, b), {}, dtype, mkldnn))
 
 
 def _run_conv(dtype_name, kind, mkldnn, d, transpose=False, c_in=4, c_out=6, size=6, ksz=3,
@@ -107,12 +101,9 @@ def _run_conv(dtype_name, kind, mkldnn, d, transpose=False, c_in=4, c_out=6, siz
     wshape = ((c_in, c_out) if transpose else (c_out, c_in)) + (ksz,) * d
     w = _data(rng, wshape, kind, A)
     b = _data(rng, (c_out,), "normal", A)
-    f = F.conv_transpose2d if transpose else CONV[d]
-    with torch.backends.mkldnn.flags(enabled=mkldnn):
-        out = f(_torch(x, dtype), _torch(w, dtype), _torch(b, dtype), stride=stride,
-                padding=padding).to(torch.float64).numpy()
-    _check("conv_transpose" if transpose else "conv", preset, (x, w, b),
-           {"stride": stride, "padding": padding}, out)
+    op = "conv_transpose" if transpose else "conv"
+    params = {"stride": stride, "padding": padding}
+    _check(op, preset, (x, w, b), params, _torch_run(op, (x, w, b), params, dtype, mkldnn))
 
 
 @pytest.mark.parametrize("mkldnn", [True, False])
@@ -149,9 +140,7 @@ def test_audit_17x17_bf16_matmul_of_tiny_entries():
     """oneDNN returns 0 for a 17×17 bf16 matmul of entries ``2^−64`` (exact: ``17·2^−128``):
     binary32 subnormal products are flushed. The preset's bound covers it."""
     X = np.full((17, 17), 2.0 ** -64)
-    with torch.backends.mkldnn.flags(enabled=True):
-        out = torch.matmul(_torch(X, torch.bfloat16), _torch(X, torch.bfloat16))
-    out = out.to(torch.float64).numpy()
+    out = _torch_run("matmul", (X, X), {}, torch.bfloat16, mkldnn=True)
     _check("matmul", "torch-cpu-bfloat16", (X, X), {}, out)
 
 
@@ -183,15 +172,6 @@ def test_torch_conv2d_within_preset_bound_sweep(dtype_name, kind, mkldnn):
         _run_conv(dtype_name, kind, mkldnn, 2, c_in=8, c_out=8, size=10, stride=2, seed=seed)
 
 
-def _torch_vjp(f, xs, g, dtype, mkldnn):
-    """PyTorch's gradients of ``⟨f(xs), g⟩`` w.r.t. every input, in ``dtype`` (float64 out)."""
-    ts = [_torch(x, dtype).requires_grad_(True) for x in xs]
-    with torch.backends.mkldnn.flags(enabled=mkldnn):
-        out = f(*ts)
-        out.backward(_torch(g, dtype))
-    return [t.grad.to(torch.float64).numpy() for t in ts]
-
-
 def _check_vjp(op, preset, xs, params, g, observed) -> None:
     A = arith.get(preset)
     P = ops.get(op)
@@ -216,19 +196,17 @@ def test_torch_gradients_within_preset_bound(op, dtype_name, kind, mkldnn):
     params = {}
     if op == "matmul":
         xs = (_data(rng, (16, 32), kind, A), _data(rng, (32, 12), kind, A))
-        f = torch.matmul
     elif op == "linear":
         xs = (_data(rng, (8, 40), kind, A), _data(rng, (24, 40), kind, A),
               _data(rng, (24,), "normal", A))
-        f = F.linear
     else:
         transpose = op == "conv_transpose"
         params = {"stride": 2 if transpose else 1, "padding": 1}
         wshape = (4, 6, 3, 3) if transpose else (6, 4, 3, 3)
         xs = (_data(rng, (2, 4, 7, 7), kind, A), _data(rng, wshape, kind, A),
               _data(rng, (6,), "normal", A))
-        conv = F.conv_transpose2d if transpose else F.conv2d
-        f = lambda x, w, b: conv(x, w, b, **params)   # noqa: E731
     out_shape = np.shape(ops.get(op).runtime(A, *xs, **params))
     g = _data(rng, out_shape, "normal", A)
-    _check_vjp(op, preset, xs, params, g, _torch_vjp(f, xs, g, dtype, mkldnn))
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        observed = torch_ops.run_vjp(op, xs, params, g, dtype)
+    _check_vjp(op, preset, xs, params, g, observed)

@@ -339,6 +339,47 @@ def test_divide_floor_finite_where_div_is_not():
         divide_floor(fmt, x, y, 0.0)
 
 
+def test_divide_floor_reads_daz_operands():
+    """Under DAZ a subnormal numerator is read as 0: the quotient is 0 and the bound must
+    cover ``|x/y|`` (it gave the underflow term 2^-126 for ``2^-130 / 2^-10 = 2^-120``)."""
+    from nfbound.graph.train import divide_floor
+    fmt = formats.get("bfloat16:subnormals=ftz+daz")
+    x, y = np.array([2.0 ** -130]), np.array([2.0 ** -10])
+    r = divide_floor(fmt, Value(x, Interval.exact(x), np.zeros(1)),
+                     Value(y, Interval.exact(y), np.zeros(1)), 1e-8)
+    assert r.runtime[0] == 0 and r.eps[0] >= 2.0 ** -120
+    assert r.spec.encloses(r.runtime, r.eps).all()
+
+
+@pytest.mark.parametrize("name", [
+    "bfloat16:subnormals=daz", "bfloat16:subnormals=ftz+daz", "binary16:subnormals=ftz",
+    "bfloat16", "store=[bfloat16:subnormals=daz],compute=binary32",
+    "store=bfloat16,compute=[binary32:subnormals=daz]",
+    "store=binary16,compute=[binary32:subnormals=ftz+daz]"])
+def test_divide_floor_encloses_on_tiny_operands(name):
+    """A sweep over subnormal and tiny normal operands, every subnormal mode, in a format and
+    in arithmetics whose storage or compute format flushes: the bound always holds, and the
+    runtime is the div primitive's."""
+    from nfbound import arith
+    from nfbound.graph.train import apply, divide_floor
+    fmt = arith.get(name) if name.startswith("store=") else formats.get(name)
+    S = fmt.storage if name.startswith("store=") else fmt
+    b = float(S.smallest_normal)
+    rng = np.random.default_rng(3)
+    xs = S.round(np.concatenate([rng.uniform(-1, 1, 64) * b, rng.uniform(-4, 4, 64) * b]))
+    ys = S.round(np.abs(rng.standard_normal(128)) * 2.0 ** rng.integers(-12, 2, 128) + 2.0 ** -12)
+    ex = np.abs(xs) * 2.0 ** -10
+    X = Value(xs, Interval.exact(xs), ex)
+    Y = Value(ys, Interval.exact(ys), np.zeros(128))
+    r = divide_floor(fmt, X, Y, 2.0 ** -13)
+    assert np.array_equal(r.runtime, apply(fmt, "div", X, Y, bounds=False).runtime)
+    for sign in (-1, 1):     # the spec numerator at both ends of its error interval
+        q = Interval.exact(np.asarray([mpq(float(a)) + sign * mpq(float(e))
+                                       for a, e in zip(xs, ex)], dtype=object) /
+                           np.asarray([mpq(float(v)) for v in ys], dtype=object))
+        assert q.encloses(r.runtime, r.eps).all()
+
+
 def _patched(monkeypatch, op, **rules):
     """Replace rules of the registered primitive ``op`` (and drop its fused rules)."""
     import dataclasses

@@ -23,15 +23,17 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..bounds.upward import exact_array_up, up
+from ..arith import Arithmetic, contains
+from ..bounds.upward import add_up, exact_array_up, up
 from ..formats import Format
 from ..ops import checks
 from ..ops.interval import Interval
+from .arith import NodeArithmetics, assign
 
 if TYPE_CHECKING:
     from .reverse import BackwardResult
@@ -88,11 +90,12 @@ def primitive(name: str):
     return ops.get(name)
 
 
-def op_params(P, node: Node, order: str) -> dict:
+def op_params(P, node: Node, order: str | None) -> dict:
     """The keyword parameters every rule of ``P`` receives at ``node``: the node's own params,
-    plus ``order`` when the op takes one and the node did not fix it."""
+    plus ``order`` when it is given (format rules: :meth:`NodeArithmetics.order`), the op
+    takes one and the node did not fix it."""
     params = dict(node.params)
-    if "order" not in params and _takes_order(P.runtime):
+    if order is not None and "order" not in params and _takes_order(P.runtime):
         params["order"] = order
     return params
 
@@ -126,6 +129,17 @@ def leaf_value(fmt: Format, a, spec: bool = True, bounds: bool = True) -> Value:
         else:
             eps = _exact_distance_up(s, r)
     return Value(rt, s if spec else None, eps)
+
+
+def convert(value: Value, source: Format, target: Format, bounds: bool = True) -> Value:
+    """``value`` of storage ``source`` read in storage ``target``: runtime ``RN_target(x̂)``,
+    the same spec, ``ε + |RN_target(x̂) − x̂|`` (the distance bounded as for a leaf:
+    :func:`leaf_value`). Unchanged when every value of ``source`` is one of ``target``. The
+    theorem is in :mod:`nfbound.graph.arith`."""
+    if contains(target, source):
+        return value
+    step = leaf_value(target, value.runtime, spec=False, bounds=bounds)
+    return Value(step.runtime, value.spec, add_up(value.eps, step.eps) if bounds else None)
 
 
 def _exact_distance_up(s: Interval, runtime) -> np.ndarray:
@@ -251,22 +265,48 @@ class Graph:
         self._order = order
         return list(order)
 
-    def initial_params(self, fmt: Format, spec: bool = True, bounds: bool = True) -> dict:
-        """Parameter values in ``fmt``: runtime ``RN(w)``, spec ``w``, ``ε = |RN(w) − w|``."""
+    def initial_params(self, arith: "Arithmetic | Format | str | NodeArithmetics",
+                       spec: bool = True, bounds: bool = True,
+                       arith_map: Mapping | None = None) -> dict:
+        """Parameter values in their storage formats (:mod:`nfbound.graph.arith`): runtime
+        ``RN_S(w)``, spec ``w``, ``ε = |RN_S(w) − w|``."""
+        plan = self.arithmetics(arith, None, arith_map)
         out = {}
         for n in self.params:
             try:
-                out[n] = leaf_value(fmt, self.nodes[n].value, spec, bounds)
+                out[n] = leaf_value(plan.storage(n), self.nodes[n].value, spec, bounds)
             except ValueError as e:
                 raise ValueError(f"param {n!r}: {e}") from None
         return out
 
+    def arithmetics(self, arith: "Arithmetic | Format | str | NodeArithmetics",
+                    order: str | None = None, arith_map: Mapping | None = None
+                    ) -> NodeArithmetics:
+        """Every node's arithmetic (:func:`nfbound.graph.arith.assign`); a
+        :class:`~nfbound.graph.arith.NodeArithmetics` of this graph (``result.arith``) is
+        taken as it is, with neither ``order`` nor ``arith_map``."""
+        if not isinstance(arith, NodeArithmetics):
+            return assign(self, arith, order, arith_map)
+        if order is not None or arith_map is not None:
+            raise ValueError("order, arith_map: already part of the given NodeArithmetics")
+        if set(arith.nodes) != set(self.nodes):
+            raise ValueError("arith: these NodeArithmetics belong to another graph")
+        return arith
+
     # -- evaluation ---------------------------------------------------------------------------
-    def forward(self, fmt: Format, inputs: dict, order: str = "sequential", spec: bool = True,
-                bounds: bool = True, progress: bool | None = None,
-                params: dict | None = None) -> "ForwardResult":
+    def forward(self, arith: "Arithmetic | Format | str | NodeArithmetics", inputs: dict,
+                order: str | None = None, spec: bool = True, bounds: bool = True,
+                progress: bool | None = None, params: dict | None = None,
+                arith_map: Mapping | None = None) -> "ForwardResult":
         """Evaluate every node: runtime values, spec enclosures (``spec=True``) and certified
         bounds (``bounds=True``) in one pass over a topological order.
+
+        ``arith`` is an :class:`~nfbound.arith.Arithmetic`, a preset or spec string, or a
+        :class:`~nfbound.formats.Format` (TorchLean's semantics in it, reductions in
+        ``order``, default ``sequential``); with an arithmetic the order is the arithmetic's
+        and a contradicting ``order`` is a ``ValueError``. ``arith_map`` overrides it per node
+        (node name → arithmetic; :mod:`nfbound.graph.arith`: leaves follow their consumers,
+        values crossing storage formats are converted with their rounding charged).
 
         ``inputs`` maps each data/label input to its value (float64 array; labels: integer
         array; 0-d values and Python scalars are 0-d inputs). ``params`` optionally overrides
@@ -274,8 +314,7 @@ class Graph:
         parameter of the graph is a ``ValueError``); by default parameters come from
         :meth:`initial_params`.
         """
-        from ..ops.accumulate import check_order
-        check_order(order)
+        plan = self.arithmetics(arith, order, arith_map)
         topo = self.topological_order()
         missing = [n for n in self.inputs if n not in inputs]
         if missing:
@@ -291,23 +330,25 @@ class Graph:
         rt: dict[str, Any] = {}
         sp: dict[str, Interval] | None = {} if spec else None
         ep: dict[str, np.ndarray] | None = {} if bounds else None
-        for n in tqdm(topo, desc=f"forward {fmt}", disable=_disable(progress), leave=False):
+        for n in tqdm(topo, desc=f"forward {plan.default}", disable=_disable(progress),
+                      leave=False):
             node = self.nodes[n]
+            S = plan.storage(n)
             try:
                 if node.kind == "op":
                     with checks.trusted_format_values():
-                        v = self._eval_op(fmt, node, rt, sp, ep, order)
+                        v = self._eval_op(plan, node, rt, sp, ep)
                 elif node.kind == "label":
                     v = label_value(inputs[n], spec, bounds)
                 elif node.kind == "data":
-                    v = leaf_value(fmt, inputs[n], spec, bounds)
+                    v = leaf_value(S, inputs[n], spec, bounds)
                 elif node.kind == "param" and n in params:
                     v = Value(*params[n])
-                    checks.format_value("runtime value", v.runtime, fmt)
+                    checks.format_value("runtime value", v.runtime, S)
                     if (spec and v.spec is None) or (bounds and v.eps is None):
                         raise ValueError("parameter state lacks spec or eps")
                 else:
-                    v = leaf_value(fmt, node.value, spec, bounds)
+                    v = leaf_value(S, node.value, spec, bounds)
             except (ValueError, TypeError, ZeroDivisionError) as e:
                 raise ValueError(f"node {n!r} ({node.op or node.kind}): {e}") from e
             rt[n] = np.asarray(v.runtime)
@@ -315,33 +356,52 @@ class Graph:
                 sp[n] = v.spec
             if bounds:
                 ep[n] = np.asarray(v.eps, dtype=np.float64)
-        return ForwardResult(self, fmt, order, rt, sp, ep)
+        return ForwardResult(self, arith if isinstance(arith, Format) else plan.default,
+                             str(plan.default.order), rt, sp, ep, plan)
 
-    def _eval_op(self, fmt, node: Node, rt, sp, ep, order) -> Value:
+    def inputs_of(self, plan: NodeArithmetics, node: Node, rt, sp, ep) -> list[Value]:
+        """The inputs of op ``node`` as it reads them: each converted from its node's storage
+        to ``node``'s (:func:`convert`; labels pass unchanged). A value that overflowed, before
+        or by the conversion, is refused by name (:func:`refuse_overflowed`)."""
+        S = plan.storage(node.name)
+        out = []
+        for i in node.inputs:
+            v = Value(rt[i], None if sp is None else sp[i], None if ep is None else ep[i])
+            if self.nodes[i].kind != "label":
+                refuse_overflowed(plan.storage(i), (i,), (v.runtime,))
+                v = convert(v, plan.storage(i), S, ep is not None)
+                refuse_overflowed(S, (i,), (v.runtime,))
+            out.append(v)
+        return out
+
+    def _eval_op(self, plan: NodeArithmetics, node: Node, rt, sp, ep) -> Value:
         P = primitive(node.op)
-        params = op_params(P, node, order)
-        xs = tuple(rt[i] for i in node.inputs)
-        refuse_overflowed(fmt, node.inputs, xs)
+        A = plan.rules(node.name)
+        params = op_params(P, node, plan.order(node.name))
+        vals = self.inputs_of(plan, node, rt, sp, ep)
+        xs = tuple(v.runtime for v in vals)
         e = None
         if ep is None:
-            out = P.runtime(fmt, *xs, **params)
+            out = P.runtime(A, *xs, **params)
         else:   # the runtime's own checks (shapes, NaN) run first, in either rule
-            out, e = P.runtime_and_bound(fmt, xs, tuple(ep[i] for i in node.inputs), **params)
+            out, e = P.runtime_and_bound(A, xs, tuple(v.eps for v in vals), **params)
             e = np.asarray(e, dtype=np.float64)
-        s = P.spec(*(sp[i] for i in node.inputs), **params) if sp is not None else None
+        s = P.spec(*(v.spec for v in vals), **params) if sp is not None else None
         if e is not None and e.shape != np.shape(out):
             raise ValueError(f"bound rule returned shape {e.shape}, runtime {np.shape(out)}")
         if s is not None and s.shape != np.shape(out):
             raise ValueError(f"spec rule returned shape {s.shape}, runtime {np.shape(out)}")
         return Value(out, s, e)
 
-    def backward(self, fmt: Format, result: "ForwardResult", loss: str | None = None,
-                 spec: bool | None = None, bounds: bool | None = None,
-                 progress: bool | None = None) -> "BackwardResult":
-        """Reverse mode from the scalar node ``loss`` (default: the single output); see
+    def backward(self, arith: "Arithmetic | Format | str | NodeArithmetics",
+                 result: "ForwardResult", loss: str | None = None, spec: bool | None = None,
+                 bounds: bool | None = None, progress: bool | None = None
+                 ) -> "BackwardResult":
+        """Reverse mode from the scalar node ``loss`` (default: the single output) in the
+        arithmetics of the forward pass (``arith`` must be the forward pass's); see
         :func:`nfbound.graph.reverse.backward`."""
         from .reverse import backward
-        return backward(self, fmt, result, loss=loss, spec=spec, bounds=bounds,
+        return backward(self, arith, result, loss=loss, spec=spec, bounds=bounds,
                         progress=progress)
 
 
@@ -352,14 +412,24 @@ def _disable(progress: bool | None):
 
 @dataclass
 class ForwardResult:
-    """Runtime values, spec enclosures and bounds of every node of a forward pass."""
+    """Runtime values, spec enclosures and bounds of every node of a forward pass.
+
+    ``fmt`` is the graph's arithmetic (the ``Format`` itself when one was given), ``order`` its
+    order, ``arith`` every node's arithmetic (derived from ``fmt`` and ``order`` when not
+    given)."""
 
     graph: Graph
-    fmt: Format
+    fmt: "Format | Arithmetic"
     order: str
     runtime: dict
     spec: dict | None
     eps: dict | None
+    arith: NodeArithmetics | None = None
+
+    def __post_init__(self) -> None:
+        if self.arith is None:
+            self.arith = assign(self.graph, self.fmt,
+                                self.order if isinstance(self.fmt, Format) else None)
 
     def value(self, name: str) -> Value:
         return Value(self.runtime[name], None if self.spec is None else self.spec[name],
@@ -369,7 +439,7 @@ class ForwardResult:
         """One row per node in topological order (see :func:`nfbound.graph.report.rows`)."""
         from .report import rows
         return rows(self.graph, self.graph.topological_order(), self.runtime, self.spec,
-                    self.eps, self.fmt)
+                    self.eps, self.arith)
 
     def failures(self) -> list[str] | None:
         """The nodes (topological order, labels excluded) whose runtime is farther than ``eps``

@@ -4,7 +4,9 @@ For each node: ``max_bound = max ε``; ``max_observed = max |runtime − x|`` ov
 enclosure (exact rational distance, converted upward to float64, so it is never understated);
 ``ratio = max_bound / max_observed`` (how loose the bound is; ``inf`` when nothing was
 observed but the bound is positive, ``1`` when both are 0); ``holds``: the exact enclosure test
-``|runtime − x| ≤ ε`` everywhere; ``reason``: why a bound is infinite (``None`` otherwise).
+``|runtime − x| ≤ ε`` everywhere; ``reason``: why a bound is infinite (``None`` otherwise);
+``arith``: the arithmetic the node computed in (a leaf: the one whose storage it is rounded
+to; :mod:`nfbound.graph.arith`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from ..bounds.upward import exact_up
 from ..formats import Format
+from .arith import NodeArithmetics
 
 
 def nonfinite(x) -> bool:
@@ -72,8 +75,10 @@ def _max(e) -> float:
     return float(np.max(e)) if e.size else 0.0
 
 
-def row(graph, name: str, runtime, spec, eps, fmt: Format, gradient: bool = False) -> dict:
+def row(graph, name: str, runtime, spec, eps, arith: NodeArithmetics,
+        gradient: bool = False) -> dict:
     node = graph.nodes[name]
+    fmt = arith.storage(name)
     op = node.op or node.kind
     max_bound = _max(eps[name]) if eps is not None else None
     max_observed = holds = ratio = None
@@ -92,27 +97,33 @@ def row(graph, name: str, runtime, spec, eps, fmt: Format, gradient: bool = Fals
                 ratio = math.nan
             else:
                 ratio = max_bound / max_observed
-    return {"node": name, "op": op, "shape": tuple(np.shape(runtime[name])),
+    return {"node": name, "op": op, "arith": str(arith[name]),
+            "shape": tuple(np.shape(runtime[name])),
             "max_bound": max_bound, "max_observed": max_observed, "ratio": ratio,
             "holds": holds,
             "reason": inf_reason(graph, name, runtime, eps, fmt, gradient) if eps is not None
             else None}
 
 
-def rows(graph, names, runtime, spec, eps, fmt: Format, gradient: bool = False) -> list[dict]:
+def rows(graph, names, runtime, spec, eps, arith: NodeArithmetics,
+         gradient: bool = False) -> list[dict]:
     """Report rows for ``names`` (see the module docstring for the columns)."""
-    return [row(graph, n, runtime, spec, eps, fmt, gradient) for n in names]
+    return [row(graph, n, runtime, spec, eps, arith, gradient) for n in names]
 
 
 def format_table(rows_: list[dict]) -> str:
-    """The rows as a fixed-width text table."""
-    head = f"{'node':<24} {'op':<14} {'shape':<16} {'max bound':>11} {'observed':>11} " \
-           f"{'ratio':>9} holds"
+    """The rows as a fixed-width text table; an ``arith`` column when the rows' arithmetics
+    differ (a per-node map)."""
+    mixed = len({r.get("arith") for r in rows_}) > 1
+    head = f"{'node':<24} {'op':<14} " + (f"{'arith':<20} " if mixed else "") + \
+        f"{'shape':<16} {'max bound':>11} {'observed':>11} {'ratio':>9} holds"
     lines = [head]
     for r in rows_:
         def num(v):
             return "-" if v is None else f"{v:.3e}"
-        lines.append(f"{r['node']:<24.24} {r['op']:<14.14} {str(r['shape']):<16.16} "
+        lines.append(f"{r['node']:<24.24} {r['op']:<14.14} "
+                     + (f"{r['arith']:<20.20} " if mixed else "")
+                     + f"{str(r['shape']):<16.16} "
                      f"{num(r['max_bound']):>11} {num(r['max_observed']):>11} "
                      f"{num(r['ratio']):>9} {'-' if r['holds'] is None else r['holds']}"
                      + (f"  ({r['reason']})" if r['reason'] else ""))

@@ -26,6 +26,12 @@ Orders (``RN`` is rounding to the format; ``g`` the runtime gradient, ``t`` the 
   (:func:`adam_quotient_bound`): its spec is intersected with ``[−C_t, C_t]`` and its bound is
   ``min(division bound, |RN(m̂/d)| + C_t)`` (:func:`cap_magnitude`).
 
+Arithmetics: every step of a parameter's update runs in that parameter's node arithmetic
+(:mod:`nfbound.graph.arith`; the optimizer receives what the primitive rules receive, a
+:class:`~nfbound.formats.Format` or an :class:`~nfbound.arith.Arithmetic`): each elementwise op
+computed in its compute format and rounded once to the parameter's storage format, the
+constants rounded to storage (``RN_S(c)``), the state ``m``, ``v`` kept in storage.
+
 Each :class:`StepResult` records the exact enclosure verdicts of the step's forward values,
 gradients and updated parameters (the end-to-end check of issue 5).
 """
@@ -39,41 +45,63 @@ import numpy as np
 from gmpy2 import mpq
 from tqdm.auto import tqdm
 
+from ..arith import Arithmetic
 from ..bounds.upward import abs_up, add_up, exact_up
 from ..formats import Format
 from ..ops import checks
+from ..ops.arithmetic import conversion_bound, to_storage
 from ..ops.elementwise import div_error
 from ..ops.interval import Interval
+from ..ops.primitive import _read as read_operand
 from .forward import Graph, Value, _disable, primitive
 
 
+def storage(fmt: "Format | Arithmetic") -> Format:
+    """The format values are stored in: ``fmt`` itself, or an arithmetic's storage."""
+    return fmt.storage if isinstance(fmt, Arithmetic) else fmt
+
+
 # -- Value arithmetic through the primitives' rules ------------------------------------------
-def apply(fmt: Format, op: str, *vals: Value, spec: bool = True, bounds: bool = True,
-          **params) -> Value:
+def apply(fmt: "Format | Arithmetic", op: str, *vals: Value, spec: bool = True,
+          bounds: bool = True, **params) -> Value:
     """The primitive ``op`` on the three paths: runtime rule, spec rule, forward bound rule."""
     P = primitive(op)
     xs = tuple(v.runtime for v in vals)
-    rt = P.runtime(fmt, *xs, **params)
+    if bounds:
+        rt, ep = P.runtime_and_bound(fmt, xs, tuple(v.eps for v in vals), **params)
+        ep = np.asarray(ep, dtype=np.float64)
+    else:
+        rt, ep = P.runtime(fmt, *xs, **params), None
     sp = P.spec(*(v.spec for v in vals), **params) if spec else None
-    ep = np.asarray(P.bound(fmt, xs, tuple(v.eps for v in vals), **params), dtype=np.float64) \
-        if bounds else None
     return Value(rt, sp, ep)
 
 
-def divide_floor(fmt: Format, x: Value, y: Value, floor: float, spec: bool = True,
-                 bounds: bool = True) -> Value:
+def divide_floor(fmt: "Format | Arithmetic", x: Value, y: Value, floor: float,
+                 spec: bool = True, bounds: bool = True) -> Value:
     """``RN(x / y)`` by the ``div`` primitive's runtime and spec rules, bounded with a known
     lower bound of the spec denominator: the caller guarantees ``y ≥ floor > 0`` for every
     point ``y`` of the spec enclosure (checked exactly when the spec is computed; a violation
     is a ``ValueError``). The bound is :func:`~nfbound.ops.elementwise.div_error` with that
     ``floor``: ``(ε_x + |x̂/ŷ|·ε_y) / max(floor, |ŷ| − ε_y) + r`` — finite even where
     ``|ŷ| ≤ ε_y``, where the plain ``div`` rule (which knows no floor) gives ``inf``. The
-    runtime is bit-identical to ``apply(fmt, "div", x, y)``."""
+    runtime is bit-identical to ``apply(fmt, "div", x, y)``.
+
+    The operands are read as every primitive reads them (DAZ: a subnormal read as 0, its
+    magnitude added to its ``ε``; :mod:`nfbound.ops.primitive`). In an arithmetic the quotient
+    is computed in its compute format ``W`` and rounded to storage, bounded by
+    :func:`~nfbound.ops.arithmetic.conversion_bound` (the division has no order)."""
     if not (floor > 0 and math.isfinite(floor)):
         raise ValueError(f"floor must be a positive finite float, got {floor!r}")
     P = primitive("div")
-    if bounds:   # div_error computes RN(x̂/ŷ) with fmt.div, exactly as the div runtime rule
-        rt, ep = div_error(fmt, x.runtime, x.eps, y.runtime, y.eps, floor=floor)
+    W = fmt.compute if isinstance(fmt, Arithmetic) else fmt
+    if bounds:   # div_error computes RN(x̂/ŷ) with W.div, exactly as the div runtime rule
+        z, e = div_error(W, *read_operand(W, x.runtime, x.eps), *read_operand(W, y.runtime, y.eps),
+                         floor=floor)
+        if isinstance(fmt, Arithmetic):
+            rt = to_storage(fmt, W, z)
+            ep = conversion_bound(fmt, W, z, rt, e, any_order=False)
+        else:
+            rt, ep = z, e
     else:
         rt, ep = P.runtime(fmt, x.runtime, y.runtime), None
     sp = None
@@ -165,7 +193,7 @@ def _sqrt_up(q: mpq) -> float:
     return s
 
 
-def square(fmt: Format, g: Value, spec: bool = True, bounds: bool = True) -> Value:
+def square(fmt: "Format | Arithmetic", g: Value, spec: bool = True, bounds: bool = True) -> Value:
     """``RN(g·g)`` by the ``mul`` rules; the spec is ``|g|·|g|`` (the same reals, but an
     enclosure that stays ≥ 0 when ``g``'s enclosure contains 0, so ``√`` of it is defined)."""
     gs = g.spec.abs() if spec else None
@@ -173,11 +201,12 @@ def square(fmt: Format, g: Value, spec: bool = True, bounds: bool = True) -> Val
     return apply(fmt, "mul", a, a, spec=spec, bounds=bounds)
 
 
-def constant(fmt: Format, c, shape, spec: bool = True, bounds: bool = True) -> Value:
-    """The exact rational ``c`` broadcast to ``shape``: runtime ``RN(c)``, ``ε = |RN(c) − c|``
-    (exact distance converted upward)."""
+def constant(fmt: "Format | Arithmetic", c, shape, spec: bool = True,
+             bounds: bool = True) -> Value:
+    """The exact rational ``c`` broadcast to ``shape``: runtime ``RN(c)`` in the storage
+    format, ``ε = |RN(c) − c|`` (exact distance converted upward)."""
     q = mpq(c)
-    r = fmt.round(np.array([q], dtype=object))
+    r = storage(fmt).round(np.array([q], dtype=object))
     r0 = r[0]
     if isinstance(r0, (float, np.floating)) and not math.isfinite(r0):
         e = math.inf
@@ -192,7 +221,7 @@ def constant(fmt: Format, c, shape, spec: bool = True, bounds: bool = True) -> V
     return Value(rt, sp, np.full(shape, e, dtype=np.float64) if bounds else None)
 
 
-def zeros(fmt: Format, shape, spec: bool = True, bounds: bool = True) -> Value:
+def zeros(fmt: "Format | Arithmetic", shape, spec: bool = True, bounds: bool = True) -> Value:
     return constant(fmt, 0, shape, spec, bounds)
 
 
@@ -219,10 +248,10 @@ class SGD:
     def __post_init__(self):
         _check_hyper("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
 
-    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+    def init(self, fmt: "Format | Arithmetic", p: Value, spec: bool, bounds: bool) -> dict:
         return {}
 
-    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+    def update(self, fmt: "Format | Arithmetic", t: int, p: Value, g: Value, state: dict, spec: bool,
                bounds: bool):
         kw = dict(spec=spec, bounds=bounds)
         lr = constant(fmt, self.lr, np.shape(p.runtime), **kw)
@@ -240,10 +269,10 @@ class Momentum:
         _check_hyper("lr", self.lr, 0.0, math.inf, lo_open=True, hi_open=True)
         _check_hyper("momentum", self.momentum, 0.0, 1.0, hi_open=True)
 
-    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+    def init(self, fmt: "Format | Arithmetic", p: Value, spec: bool, bounds: bool) -> dict:
         return {"v": zeros(fmt, np.shape(p.runtime), spec, bounds)}
 
-    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+    def update(self, fmt: "Format | Arithmetic", t: int, p: Value, g: Value, state: dict, spec: bool,
                bounds: bool):
         kw = dict(spec=spec, bounds=bounds)
         shape = np.shape(p.runtime)
@@ -281,12 +310,12 @@ class AdamW:
         _check_hyper("eps", self.eps, 0.0, math.inf, lo_open=True, hi_open=True)
         _check_hyper("weight_decay", self.weight_decay, 0.0, math.inf, hi_open=True)
 
-    def init(self, fmt: Format, p: Value, spec: bool, bounds: bool) -> dict:
+    def init(self, fmt: "Format | Arithmetic", p: Value, spec: bool, bounds: bool) -> dict:
         shape = np.shape(p.runtime)
         return {"m": zeros(fmt, shape, spec, bounds), "v": zeros(fmt, shape, spec, bounds),
                 "t": 0}
 
-    def update(self, fmt: Format, t: int, p: Value, g: Value, state: dict, spec: bool,
+    def update(self, fmt: "Format | Arithmetic", t: int, p: Value, g: Value, state: dict, spec: bool,
                bounds: bool):
         if t != state["t"] + 1:
             raise ValueError(f"AdamW: step {t} on a state after {state['t']} updates "
@@ -384,21 +413,23 @@ class TrainResult:
         return None if None in verdicts else all(verdicts)
 
 
-def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None,
-          steps: int | None = None, order: str = "sequential", spec: bool = True,
-          bounds: bool = True, progress: bool | None = None,
-          params: dict | None = None) -> TrainResult:
+def train(graph: Graph, arith: "Arithmetic | Format | str", optimizer, batches,
+          loss: str | None = None, steps: int | None = None, order: str | None = None,
+          spec: bool = True, bounds: bool = True, progress: bool | None = None,
+          params: dict | None = None, arith_map=None) -> TrainResult:
     """Run ``steps`` optimizer steps (default: one per batch); step ``k`` uses
     ``batches[k % len(batches)]`` (a dict of graph inputs; a single dict is used every step).
 
+    ``arith``, ``order`` and ``arith_map`` are those of :meth:`Graph.forward` (parsed once);
+    each parameter's update runs in its node's arithmetic (module docstring).
     Each step: forward and backward on the three paths, then the optimizer update of every
     parameter of the graph (:attr:`Graph.params`: a model's constants are never updated).
     ``params`` optionally gives the starting state of every parameter (:class:`Value`
     triples, keyed by exactly the graph's parameters); by default it is
-    :meth:`Graph.initial_params`. Returns per step the loss, the updated parameters' runtime/spec/eps and (with
-    ``spec`` and ``bounds``) the exact enclosure verdicts of the step's forward values and
-    gradients (:class:`StepResult`). ``progress`` drives one bar over the steps (silent off a
-    terminal by default); the passes inside a step show none.
+    :meth:`Graph.initial_params`. Returns per step the loss, the updated parameters'
+    runtime/spec/eps and (with ``spec`` and ``bounds``) the exact enclosure verdicts of the
+    step's forward values and gradients (:class:`StepResult`). ``progress`` drives one bar
+    over the steps (silent off a terminal by default); the passes inside a step show none.
     """
     if isinstance(batches, dict):
         batches = [batches]
@@ -411,29 +442,35 @@ def train(graph: Graph, fmt: Format, optimizer, batches, loss: str | None = None
     for name in ("init", "update"):
         if not callable(getattr(optimizer, name, None)):
             raise ValueError(f"optimizer must provide {name}() (SGD, Momentum, AdamW)")
+    plan = graph.arithmetics(arith, order, arith_map)
     if params is None:
-        state_p = graph.initial_params(fmt, spec, bounds)
+        state_p = graph.initial_params(plan, spec, bounds)
     else:
         state_p = dict(params)
         missing = [n for n in graph.params if n not in state_p]
         if missing:
             raise ValueError(f"params: no state for parameter {missing[0]!r} (it would not be "
                              f"trained)")
-    opt_state = {n: optimizer.init(fmt, v, spec, bounds) for n, v in state_p.items()}
+        stray = [n for n in state_p if n not in graph.params]
+        if stray:
+            raise ValueError(f"params: {stray[0]!r} is not a parameter of the graph")
+    opt_state = {n: optimizer.init(plan.rules(n), v, spec, bounds) for n, v in state_p.items()}
     out = TrainResult()
-    for k in tqdm(range(steps), desc=f"train {fmt}", disable=_disable(progress), leave=False):
-        res = graph.forward(fmt, batches[k % len(batches)], order=order, spec=spec,
-                            bounds=bounds, params=state_p, progress=False)
+    for k in tqdm(range(steps), desc=f"train {plan.default}", disable=_disable(progress),
+                  leave=False):
+        res = graph.forward(plan, batches[k % len(batches)], spec=spec, bounds=bounds,
+                            params=state_p, progress=False)
         lname = loss if loss is not None else (graph.outputs[0] if len(graph.outputs) == 1
                                                else None)
-        back = graph.backward(fmt, res, loss=lname, progress=False)
+        back = graph.backward(plan, res, loss=lname, progress=False)
         f_fail, b_fail = res.failures(), back.failures()
         new = {}
         for n, p in state_p.items():
             try:   # parameters were checked on entering the forward pass; the rest are outputs
                 with checks.trusted_format_values():   # of rules: format values
-                    new[n], opt_state[n] = optimizer.update(fmt, k + 1, p, back.value(n),
-                                                            opt_state[n], spec, bounds)
+                    new[n], opt_state[n] = optimizer.update(plan.rules(n), k + 1, p,
+                                                            back.value(n), opt_state[n], spec,
+                                                            bounds)
             except (ValueError, TypeError, ZeroDivisionError) as e:
                 raise ValueError(f"param {n!r}: optimizer step {k + 1}: {e}") from e
         state_p = new
