@@ -274,7 +274,7 @@ ORDER_FREE_OPS = sorted(n for n, P in ops.REGISTRY.items()
 
 @pytest.mark.parametrize("op_name", ORDER_FREE_OPS)
 def test_order_free_bounds_in_decimal64(op_name):
-    """Every primitive with an order-free bound (sum, mean, dot, matvec, matmul, linear) in
+    """Every primitive with an order-free bound (sums, products, softmax, pools, losses) in
     decimal64: finite for moderate inputs, and enclosing the runtime in every order, forward
     and VJP, with nonzero input errors."""
     fmt = formats.get("decimal64")
@@ -283,7 +283,9 @@ def test_order_free_bounds_in_decimal64(op_name):
     for _ in range(2):
         xs, params = P.sample(rng, fmt)
         params = dict(params, order_free=True)
-        eps = tuple(exact_array_up(np.abs(exact_array(x))) * 2.0 ** -30 + 2.0 ** -60 for x in xs)
+        eps = tuple(np.zeros(np.shape(x)) if np.asarray(x).dtype.kind in "iu"   # class labels
+                    else exact_array_up(np.abs(exact_array(x))) * 2.0 ** -30 + 2.0 ** -60
+                    for x in xs)
         spec = tuple(Interval.exact(exact_array(x) + exact_array(e) / 2) for x, e in zip(xs, eps))
         b = P.bound(fmt, xs, eps, **params)
         assert np.isfinite(b).all()
@@ -296,6 +298,8 @@ def test_order_free_bounds_in_decimal64(op_name):
         gs = Interval.exact(exact_array(g) - exact_array(eg))
         for gr, gsp, gb in zip(P.vjp_runtime(fmt, xs, g, **params), P.vjp_spec(spec, gs, **params),
                                P.vjp_bound(fmt, xs, eps, g, eg, **params)):
+            if gr is None:   # no gradient (labels)
+                continue
             assert np.isfinite(gb).all() and gsp.encloses(gr, gb).all()
 
 

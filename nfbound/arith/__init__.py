@@ -32,7 +32,7 @@ def get(arith: "str | Format | Arithmetic") -> Arithmetic:
         if not sep:
             return base
         fields = {k: getattr(base, k) for k in ("storage", "accumulator", "compute", "order",
-                                                 "operands", "storage_sums")}
+                                                 "operands", "storage_sums", "libm_ulps")}
         return apply_options(fields, split_options(options), text)
     if "=" in head:   # a bare spec: store=…,acc=…
         return apply_options({}, split_options(text), text)

@@ -20,7 +20,12 @@ may flush subnormals. An :class:`Arithmetic` states each of these facts:
   (``"conv_transpose"`` for a forward rule, ``"conv.vjp"`` for a VJP: PyTorch CPU without
   oneDNN sums overlapping columns after a GEMM rounded to bfloat16; measured,
   ``tests/test_hardware.py``); under ``order=any`` their bounds take every rounding of the
-  evaluation tree to be a storage rounding.
+  evaluation tree to be a storage rounding;
+* ``libm_ulps`` — how far the library's elementwise functions (``exp``, ``tanh``, ``sigmoid``,
+  ``softplus``, ``log``, ``sqrt``: primitives flagged ``libm``) may be from the exact function, in
+  ulps of the compute format, before the conversion to storage (0: correctly rounded, as
+  nfbound's runtime; PyTorch's binary32 SLEEF-based kernels are not — measured up to 2.4 ulps
+  for ``sigmoid``).
 
 An op in an arithmetic is the op computed in its working format (``accumulator`` or
 ``compute``, every step rounded there, in ``order``), then rounded once to ``storage``. A
@@ -49,6 +54,7 @@ class Arithmetic:
     order: Order = SEQUENTIAL
     operands: Format | None = None
     storage_sums: frozenset = frozenset()
+    libm_ulps: float = 0.0
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +66,10 @@ class Arithmetic:
         if not isinstance(self.storage_sums, frozenset) or \
                 not all(isinstance(n, str) for n in self.storage_sums):
             raise ValueError(f"storage_sums must be a frozenset of op names, got {self.storage_sums!r}")
+        if isinstance(self.libm_ulps, bool) or not isinstance(self.libm_ulps, (int, float)) \
+                or not (0 <= self.libm_ulps < float("inf")):
+            raise ValueError(f"libm_ulps must be a finite number ≥ 0, got {self.libm_ulps!r}")
+        object.__setattr__(self, "libm_ulps", float(self.libm_ulps))
         if self.operands is not None and not isinstance(self.operands, Format):
             raise ValueError(f"operands must be a Format or None, got {self.operands!r}")
         for key in ("accumulator", "compute"):
@@ -91,6 +101,8 @@ class Arithmetic:
             parts.append(f"operands={_fmt_spec(self.operands)}")
         if self.storage_sums:
             parts.append(f"storage_sums={'+'.join(sorted(self.storage_sums))}")
+        if self.libm_ulps:
+            parts.append(f"libm_ulps={self.libm_ulps:g}")
         return ",".join(parts)
 
     def __str__(self) -> str:
@@ -137,7 +149,7 @@ def _fmt_spec(f: Format) -> str:
 # -- spec strings --------------------------------------------------------------------------------
 _KEYS = {"store": "storage", "storage": "storage", "acc": "accumulator",
          "accumulator": "accumulator", "compute": "compute", "operands": "operands",
-         "order": "order", "subnormals": "subnormals", "storage_sums": "storage_sums"}
+         "order": "order", "subnormals": "subnormals", "storage_sums": "storage_sums", "libm_ulps": "libm_ulps"}
 
 
 def split_options(text: str) -> list[tuple[str, str]]:
@@ -194,6 +206,11 @@ def apply_options(base: dict, options: list[tuple[str, str]], text: str) -> Arit
             subnormals = value
         elif name == "operands" and value.lower() == "none":
             fields["operands"] = None
+        elif name == "libm_ulps":
+            try:
+                fields["libm_ulps"] = float(value)
+            except ValueError:
+                raise ValueError(f"libm_ulps must be a number, got {value!r} in {text!r}") from None
         elif name == "storage_sums":
             fields["storage_sums"] = frozenset() if value.lower() == "none" else \
                 frozenset(v.strip() for v in value.split("+") if v.strip())

@@ -27,7 +27,8 @@ Bounds. The op's own rules in ``W`` give ``|z − f(x)| ≤ e_W`` for the spec i
   bound is ``e_W + u_S·M + τ_S``, independent of which evaluation the library chose.
 
 Partial sums in storage (``A.storage_sums``: rule names such as ``conv_transpose`` for a
-forward rule and ``conv.vjp`` for a VJP; measured for PyTorch CPU without oneDNN, whose
+forward rule, ``conv.vjp`` for every gradient of a VJP and ``conv.vjp.0`` for the gradient of
+input 0 only; measured for PyTorch CPU without oneDNN, whose
 ``col2im`` adds GEMM columns — sums in ``W`` rounded to ``S`` — into the output in ``S``): under
 ``order=any`` the bound is the op's order-free bound in ``S`` *with flushing* (``ftz+daz``).
 Model: each output is a sum in ``S`` (any order) of columns, each column a sum in ``W`` (any
@@ -39,6 +40,10 @@ mode, the additions: at most ``2m``, which is the count of the flushing lemma
 (``accumulate.order_free_bound``: ``m`` products, one conversion, ``m − 1`` additions), each
 ``|θ| ≤ b_min(S)`` — this needs ``W``'s underflow term at most ``b_min(S)``, else the rule is
 refused (docs/design.md §11.8).
+
+Library functions (``A.libm_ulps = k``, primitives flagged ``libm``): a library's ``f`` may be
+``k`` ulps of ``W`` from the exact value instead of correctly rounded; the bound adds
+:func:`libm_error` to ``e_W`` and bounds the conversion as for ``order=any``.
 
 When every value of ``W`` is a value of ``S`` (the same format with another subnormal mode,
 ``torch-cpu-float32``), ``RN_S(z) = z`` and no conversion term is charged.
@@ -180,7 +185,21 @@ def fused(P, A: Arithmetic, xs, eps, **params):
     S = _storage_sums(P.name, A, W, any_order)
     if S is not None:
         return y, P.rules.bound(S, xs, eps, **params)
+    if P.libm and A.libm_ulps:
+        return y, conversion_bound(A, W, z, y, add_up(e, libm_error(A, W, z)), True)
     return y, conversion_bound(A, W, z, y, e, any_order)
+
+
+def libm_error(A: Arithmetic, W: Format, z) -> np.ndarray:
+    """Bound of ``|z' − z|`` for a library value ``z'`` within ``k = A.libm_ulps`` ulps of the
+    exact ``f(x̂)`` and ``z = RN_W(f(x̂))``: ``k·ulp(f) + |f − z| ≤ (k + 1/2)·ulp(z)`` (nearest;
+    ``ulp(f) ≤ ulp(z)`` by the binade lemma, docs/design.md §2), i.e. ``(2k + 1)·r_W(z)`` with
+    ``r_W`` the rounding term (``ulp/2``); for a directed ``W`` ``r_W = ulp`` and
+    ``(k + 1)·r_W`` suffices. The library value then differs from nfbound's, so its
+    conversion to storage is bounded as for ``order=any`` (any value within the bound)."""
+    r = rounding_term(W, z)
+    factor = 2 * A.libm_ulps + 1 if W.is_nearest else A.libm_ulps + 1
+    return mul_up(float(factor), r)
 
 
 def vjp_runtime(P, A: Arithmetic, xs, g, **params):
@@ -202,11 +221,16 @@ def vjp_fused(P, A: Arithmetic, xs, eps, g, eps_g, **params):
         grads = P.rules.vjp_runtime(W, xs, g, **params)
         bounds = P.rules.vjp_bound(W, xs, eps, g, eps_g, **params)
     ys = tuple(to_storage(A, W, gr) for gr in grads)
-    S = _storage_sums(f"{P.name}.vjp", A, W, any_order)
-    if S is not None:
-        return ys, P.rules.vjp_bound(S, xs, eps, g, eps_g, **params)
-    return ys, tuple(conversion_bound(A, W, gr, y, b, any_order)
-                     for gr, y, b in zip(grads, ys, bounds))
+    out = [conversion_bound(A, W, gr, y, b, any_order) for gr, y, b in zip(grads, ys, bounds)]
+    stored = [i for i in range(len(out)) if out[i] is not None and
+              (_storage_sums(f"{P.name}.vjp", A, W, any_order) is not None or
+               _storage_sums(f"{P.name}.vjp.{i}", A, W, any_order) is not None)]
+    if stored:   # the gradients whose library kernels may store partial sums (module doc)
+        S = with_subnormals(A.storage, "ftz+daz")
+        in_storage = P.rules.vjp_bound(S, xs, eps, g, eps_g, **params)
+        for i in stored:
+            out[i] = in_storage[i]
+    return ys, tuple(out)
 
 
 def bound(P, A: Arithmetic, xs, eps, **params):

@@ -933,4 +933,4 @@ def _sample_sqrt(rng, fmt: Format):
 
 
 sqrt = register(Primitive("sqrt", sqrt_runtime, sqrt_spec, sqrt_bound, sqrt_vjp_runtime,
-                          sqrt_vjp_spec, sqrt_vjp_bound, _sample_sqrt))
+                          sqrt_vjp_spec, sqrt_vjp_bound, _sample_sqrt, libm=True))

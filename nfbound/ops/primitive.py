@@ -37,7 +37,8 @@ wherever it takes a ``Format`` (``P.bound(arith.get("torch-cpu-bfloat16"), xs, e
 rules are written for formats (:attr:`Primitive.rules`) and :mod:`nfbound.ops.arithmetic`
 composes them — compute in the working format, round to storage — with the same signatures.
 ``contraction`` marks the ops computed in the accumulator (matmul, linear, conv …) and
-``operand_slots`` their multiplied inputs (converted first by an ``operands`` format, TF32).
+``operand_slots`` their multiplied inputs (converted first by an ``operands`` format, TF32);
+``libm`` the elementwise functions a library may not round correctly (``Arithmetic.libm_ulps``).
 
 Subnormal inputs in the flush modes (``Format.subnormals``), once for every rule: before a
 rule runs, each runtime input and upstream gradient ``x̂`` that holds nonzero subnormals
@@ -79,6 +80,7 @@ class Primitive:
     vjp_fused: Callable | None = None
     contraction: bool = False
     operand_slots: tuple[int, ...] = (0, 1)
+    libm: bool = False
     rules: "FormatRules" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -554,7 +554,7 @@ def exp_vjp_bound(fmt: Format, xs, eps, g, eps_g):
 
 
 exp = register(Primitive("exp", exp_runtime, exp_spec, exp_bound, exp_vjp_runtime,
-                         exp_vjp_spec, exp_vjp_bound, _sample(2.0)))
+                         exp_vjp_spec, exp_vjp_bound, _sample(2.0), libm=True))
 
 
 # =============================================================================================
@@ -643,7 +643,7 @@ def tanh_vjp_bound(fmt: Format, xs, eps, g, eps_g):
 
 
 tanh = register(Primitive("tanh", tanh_runtime, tanh_spec, tanh_bound, tanh_vjp_runtime,
-                          tanh_vjp_spec, tanh_vjp_bound, _sample(2.0)))
+                          tanh_vjp_spec, tanh_vjp_bound, _sample(2.0), libm=True))
 
 
 # =============================================================================================
@@ -723,7 +723,7 @@ def sigmoid_vjp_bound(fmt: Format, xs, eps, g, eps_g):
 
 sigmoid = register(Primitive("sigmoid", sigmoid_runtime, sigmoid_spec, sigmoid_bound,
                              sigmoid_vjp_runtime, sigmoid_vjp_spec, sigmoid_vjp_bound,
-                             _sample(4.0)))
+                             _sample(4.0), libm=True))
 
 
 # =============================================================================================
@@ -775,7 +775,7 @@ def softplus_vjp_bound(fmt: Format, xs, eps, g, eps_g):
 
 softplus = register(Primitive("softplus", softplus_runtime, softplus_spec, softplus_bound,
                               softplus_vjp_runtime, softplus_vjp_spec, softplus_vjp_bound,
-                              _sample(4.0)))
+                              _sample(4.0), libm=True))
 
 
 # =============================================================================================
@@ -967,4 +967,4 @@ def _sample_safe_log(rng, fmt: Format):
 
 safe_log = register(Primitive("safe_log", safe_log_runtime, safe_log_spec, safe_log_bound,
                               safe_log_vjp_runtime, safe_log_vjp_spec, safe_log_vjp_bound,
-                              _sample_safe_log))
+                              _sample_safe_log, libm=True))
