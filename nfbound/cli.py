@@ -191,7 +191,7 @@ def _arith_row(A) -> dict:
     return {"name": str(A), "storage": str(A.storage),
             "operands": None if A.operands is None else str(A.operands),
             "accumulator": str(A.accumulator), "compute": str(A.compute), "order": str(A.order),
-            "storage_sums": sorted(A.storage_sums), "spec": A.spec}
+            "storage_sums": sorted(A.storage_sums), "libm_ulps": A.libm_ulps, "spec": A.spec}
 
 
 def cmd_arith(args) -> int:
