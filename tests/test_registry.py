@@ -118,9 +118,10 @@ def _adversarial_upstream(rng, fmt, shape, rel: float):
 
 
 def _target(name):
-    """An arithmetic preset by name, else a format (name, spec string or ``Format``)."""
-    if isinstance(name, str) and name in arith.PRESETS:
-        return arith.get(name)
+    """An :class:`~nfbound.arith.Arithmetic` as given, else a format (name, spec string or
+    ``Format``; ``"tf32"`` names both a format and an arithmetic preset: here the format)."""
+    if isinstance(name, arith.Arithmetic):
+        return name
     return formats.get(name)
 
 
@@ -134,7 +135,7 @@ def check_enclosure(op_name: str, fmt_name: str, trials: int, rels=(2.0 ** -10,)
     ``test_nonfinite.assert_inf_where_overflowed``).
     ``adversarial``: the sampled inputs and upstream gradients are made overflow-prone
     (:func:`_adversarial`). ``fmt_name`` is a format (name, spec or ``Format``) or an
-    arithmetic preset name: the rules then run in the arithmetic on storage values."""
+    ``Arithmetic``: the rules then run in the arithmetic on storage values."""
     target = _target(fmt_name)
     fmt = target.storage if isinstance(target, arith.Arithmetic) else target
     P = ops.get(op_name)
@@ -203,7 +204,7 @@ ARITH_OPS = sorted(ops.REGISTRY)
 def test_forward_and_vjp_enclosure_in_every_arithmetic(op_name, preset):
     """Every op under every arithmetic preset (storage values in; accumulator, compute and
     operand formats, ``order=any``, flushing): forward and VJP enclosures, overflow guards."""
-    check_enclosure(op_name, preset, trials=2)
+    check_enclosure(op_name, arith.get(preset), trials=2)
 
 
 SWEEP_FORMATS = formats.names() + ["bfloat16:rounding=zero", "binary16:rounding=up",
